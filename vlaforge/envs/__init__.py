@@ -1,0 +1,1 @@
+"""Batched simulator envs: the contract (base), one adapter per simulator, instruction templates."""

@@ -1,0 +1,48 @@
+"""TensorDict key names shared by every component.
+
+A leaf module: it imports nothing of ours, so envs, policies, actors, learners and the platform can all
+depend on it. Step results sit under ``("next", ...)`` as in TorchRL. Shapes use B = batch (simulators
+or samples), T = time, V = cameras, H/W = image size, S = state dim, A = action dim, K = chunk length,
+L = instruction tokens.
+"""
+
+# -- raw observations, as environments emit them and datasets store them ---------------------------
+OBS = "observation"
+IMAGE = (OBS, "image")  # uint8 (B, V, H, W, 3), channel-last as rendered
+STATE = (OBS, "state")  # float32 (B, S): the recipe-chosen state vector (proprio, + object/goal)
+PRIVILEGED = (OBS, "privileged")  # float32 (B, P): full simulator observation (scripted experts, critics)
+INSTRUCTION = (OBS, "instruction")  # NonTensorStack of str, batch (B,): the language instruction
+TASK_INDEX = (OBS, "task_index")  # int64 (B,): index into the env's task list
+
+# -- step results (under "next") and flags -----------------------------------------------------------
+NEXT = "next"
+REWARD = "reward"  # float32 (B, 1) -- trailing singleton as in TorchRL
+DONE = "done"  # bool (B, 1): terminated | truncated
+TERMINATED = "terminated"  # bool (B, 1): the MDP ended (success with terminate_on_success)
+TRUNCATED = "truncated"  # bool (B, 1): time limit
+SUCCESS = "success"  # bool (B, 1): the task's success predicate at this step
+
+# -- actions and policy outputs ----------------------------------------------------------------------
+ACTION = "action"  # float32 (B, A) one env step; (B, K, A) for a chunk
+ACTION_CHUNK = "action_chunk"  # float32 (B, K, A): the chunk the policy predicted
+ACTION_PAD = "action_is_pad"  # bool (B, K): chunk positions past the episode end (datasets)
+LOG_PROB = "action_log_prob"  # float32 (B,): TorchRL's default key for ClipPPOLoss
+VALUE = "state_value"  # float32 (B, 1): TorchRL's default value key
+POLICY_VERSION = "policy_version"  # int64 (B,): weights version that produced the step
+
+# -- prepared model inputs (processor output, model input) -------------------------------------------
+PIXELS = "pixels"  # float32 (B, V, 3, H, W) in [0, 1]
+STATE_NORM = "state_norm"  # float32 (B, S), normalised with dataset statistics
+TOKENS = "lang_tokens"  # int64 (B, L)
+TOKENS_MASK = "lang_mask"  # bool (B, L): True where a real token sits
+TARGET_CHUNK = "target_chunk"  # float32 (B, K, A): normalised target actions (BC)
+
+# -- model outputs -----------------------------------------------------------------------------------
+ACTION_MEAN = "action_mean"  # float32 (B, K, A), normalised action space
+ACTION_LOG_STD = "action_log_std"  # float32 (B, K, A)
+
+# -- episode bookkeeping -------------------------------------------------------------------------------
+EPISODE_INDEX = "episode_index"  # int64
+FRAME_INDEX = "frame_index"  # int64
+EPISODE_RETURN = "episode_return"
+EPISODE_LENGTH = "episode_length"
