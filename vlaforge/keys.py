@@ -29,6 +29,8 @@ ACTION_PAD = "action_is_pad"  # bool (B, K): chunk positions past the episode en
 LOG_PROB = "action_log_prob"  # float32 (B,): TorchRL's default key for ClipPPOLoss
 VALUE = "state_value"  # float32 (B, 1): TorchRL's default value key
 POLICY_VERSION = "policy_version"  # int64 (B,): weights version that produced the step
+REPLANNED = "replanned"  # bool (B,): the policy planned a new chunk at this step (PolicyRunner)
+CHUNK_STEP = "chunk_step"  # int64 (B,): index of this step's action inside its chunk (PolicyRunner)
 
 # -- prepared model inputs (processor output, model input) -------------------------------------------
 PIXELS = "pixels"  # float32 (B, V, 3, H, W) in [0, 1]

@@ -15,7 +15,12 @@ class VisionConfig(StrictModel):
     type: str = "cnn"
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     pretrained: bool = True  # for pretrained backbones only
-    freeze: bool = False
+    freeze: bool = False  # no gradient into the backbone (the token projection still trains)
+    # Tokens per camera: pool_grid**2 average-pooled feature tokens (coarse "what/where") plus one token
+    # built from `keypoints` spatial-softmax keypoints (precise image coordinates: BC on Meta-World misses
+    # goals by 5-10 cm without them, STACK.md). keypoints = 0 drops that token.
+    pool_grid: int = Field(2, ge=1)
+    keypoints: int = Field(32, ge=0)
 
 
 class LanguageConfig(StrictModel):
@@ -45,6 +50,13 @@ class PolicyConfig(StrictModel):
     chunk_size: int = Field(8, ge=1)  # K: future actions predicted per forward pass
     n_action_steps: int = Field(4, ge=1)  # actions executed from each chunk before re-planning
     image_augment: Literal["none", "random_shift"] = "random_shift"  # training-time only (processor)
+    image_shift_pad: int = Field(4, ge=0)  # random_shift: pad by this many pixels, then crop back (DrQ)
+    # Action normalisation. "min_max" maps the dataset range to [-1, 1] (default): env actions are bounded
+    # (Meta-World: [-1, 1]), so clipping to [-1, 1] in the normalised space is clipping to the data range,
+    # the Gaussian's std means the same on every dimension, and saturated dims (gripper +-1) stay at +-1
+    # instead of being blown up by a small std. "mean_std" suits unbounded, heavy-centred actions.
+    action_norm: Literal["min_max", "mean_std"] = "min_max"
+    state_std_min: float = Field(1e-2, gt=0.0)  # clamp for constant state dims (std 0 would divide by 0)
     vision: VisionConfig = Field(default_factory=VisionConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)

@@ -1,0 +1,132 @@
+"""Checkpoint directory IO: model.safetensors + config.json + processor.json, written atomically.
+
+Never pickle: weights go through safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import vlaforge
+from vlaforge.policies.config import PolicyConfig
+from vlaforge.policies.processor import VLAProcessor
+from vlaforge.policies.spec import PolicySpec
+from vlaforge.policies.vla import build_policy
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+PROCESSOR_FILE = "processor.json"
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    policy: nn.Module,
+    processor: VLAProcessor,
+    cfg: PolicyConfig,
+    spec: PolicySpec,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint into a temp dir beside ``directory``, then swap it in (never half-written)."""
+    target = Path(directory).resolve()
+    config = {
+        "vlaforge_version": vlaforge.__version__,
+        "policy": cfg.model_dump(mode="json"),
+        "spec": spec.to_dict(),
+        "extra": extra or {},
+    }
+    try:
+        config_text = json.dumps(config, indent=2)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"save_pretrained: `extra` must be JSON-serialisable ({e})") from e
+    # safetensors needs contiguous, unshared CPU tensors.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in policy.state_dict().items()}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "vlaforge_version": vlaforge.__version__})
+        (tmp / CONFIG_FILE).write_text(config_text)
+        (tmp / PROCESSOR_FILE).write_text(json.dumps(processor.to_dict(), indent=2))
+        for f in tmp.iterdir():  # durable before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _swap_in(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    # rename() cannot replace a non-empty directory: move the old one aside first, then drop it.
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{id(tmp)}"
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint file {path} is not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"checkpoint file {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_pretrained(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, VLAProcessor, PolicyConfig, PolicySpec, dict[str, Any]]:
+    """-> (policy in eval mode on ``device``, processor, cfg, spec, extra)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {root}")
+    config = _read_json(root / CONFIG_FILE)
+    for field in ("policy", "spec"):
+        if field not in config:
+            raise ValueError(f"{root / CONFIG_FILE} has no {field!r} entry (keys: {sorted(config)})")
+    try:
+        cfg = PolicyConfig.model_validate(config["policy"])
+        spec = PolicySpec.from_dict(config["spec"])
+        processor = VLAProcessor.from_dict(_read_json(root / PROCESSOR_FILE))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{root}: invalid config.json / processor.json: {e}") from e
+
+    weights = root / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {weights}")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"checkpoint file {weights} is corrupt or not a safetensors file ({e})") from e
+
+    # Pretrained backbones are overwritten by the checkpoint anyway: do not load their ImageNet weights.
+    build_cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"pretrained": False})})
+    policy = build_policy(build_cfg, spec)
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint file {weights} does not match the model in {root / CONFIG_FILE}: {e}") from e
+    policy.cfg = cfg
+    return policy.to(device).eval(), processor, cfg, spec, config.get("extra", {})

@@ -1,0 +1,46 @@
+"""A tiny name -> class registry (LeRobot ``register_subclass`` style) used for backbones, heads and policies."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind  # used in error messages ("vision backbone", "action head", ...)
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]!r})")
+            self._entries[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self._entries)}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+VISION_REGISTRY: Registry = Registry("vision backbone")
+LANGUAGE_REGISTRY: Registry = Registry("language backbone")
+HEAD_REGISTRY: Registry = Registry("action head")
+POLICY_REGISTRY: Registry = Registry("policy type")
+NORMALIZER_REGISTRY: Registry = Registry("action normaliser")
+
+register_vision = VISION_REGISTRY.register
+register_language = LANGUAGE_REGISTRY.register
+register_head = HEAD_REGISTRY.register
+register_policy = POLICY_REGISTRY.register
+register_normalizer = NORMALIZER_REGISTRY.register
