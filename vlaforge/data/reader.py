@@ -90,11 +90,14 @@ class DatasetReader:
     def episode_tasks(self) -> dict[int, list[str]]:
         return {int(e): list(t) for e, t in zip(self.episodes.index, self.episodes["tasks"])}
 
-    def load(self, episodes: Sequence[int] | None = None, cameras: bool = True) -> dict[str, np.ndarray]:
+    def load(
+        self, episodes: Sequence[int] | None = None, cameras: bool | Sequence[str] = True
+    ) -> dict[str, np.ndarray]:
         """Columns of the selected episodes (default: all), rows ordered by ``index``.
 
         Returns {feature: (N,) or (N, D) array} for every parquet column (strings as object arrays)
-        and, with ``cameras``, {camera feature: uint8 (N, H, W, 3)}."""
+        and {camera feature: uint8 (N, H, W, 3)} for ``cameras`` (True: all, False: none, or a list
+        of camera feature keys)."""
         eps = self._select(episodes)
         ep_rows = self.episodes.loc[eps]
         files = sorted({self._data_file(r) for _, r in ep_rows.iterrows()})
@@ -115,10 +118,14 @@ class DatasetReader:
         if len(table) != expected:
             raise ValueError(f"{self.root}: the data files hold {len(table)} rows for episodes {eps[:8]}..., "
                              f"the episodes table says {expected}")
-        if cameras:
-            for key in self.image_keys:
+        wanted = self.camera_keys if cameras is True else list(cameras or [])
+        unknown = [k for k in wanted if k not in self.camera_keys]
+        if unknown:
+            raise KeyError(f"{self.root}: cameras {unknown} not in the dataset (cameras: {self.camera_keys})")
+        for key in wanted:
+            if key in self.image_keys:
                 out[key] = _decode_images(key, table[key].to_pylist())
-            for key in self.video_keys:
+            else:
                 out[key] = self._load_video(key, ep_rows, out["episode_index"], out["timestamp"])
         return out
 
