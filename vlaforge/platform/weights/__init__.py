@@ -1,0 +1,24 @@
+"""The central, versioned weight broadcast: learner rank 0 -> every rollout actor.
+
+Two transports behind one interface (``make_broadcaster``): the Ray object store (one ``ray.put`` of
+flat numpy buffers per version, zero-copy reads; CPU clusters) and a bucketed torch.distributed
+broadcast (NCCL on GPUs; tested here with gloo). Only trainable parameters travel; every load is
+versioned so a replica loads only newer weights.
+"""
+
+from vlaforge.platform.weights.buckets import Bucket, BucketPlan, Segment, plan_buckets
+from vlaforge.platform.weights.collective import GROUP_BACKENDS, CollectiveBroadcaster, rendezvous_address
+from vlaforge.platform.weights.object_store import WeightPublisher, WeightsHandle, WeightSubscriber
+from vlaforge.platform.weights.packing import (
+    FlatWeights, Layout, LayoutMismatchError, ParamSpec, check_layout, layout_of_module, pack, unpack_into,
+)
+from vlaforge.platform.weights.registry import (
+    BROADCASTERS, BroadcastConfig, WeightSink, WeightSource, broadcaster_from_config, make_broadcaster,
+)
+
+__all__ = [
+    "BROADCASTERS", "GROUP_BACKENDS", "BroadcastConfig", "Bucket", "BucketPlan", "CollectiveBroadcaster",
+    "FlatWeights", "Layout", "LayoutMismatchError", "ParamSpec", "Segment", "WeightPublisher", "WeightSink",
+    "WeightSource", "WeightSubscriber", "WeightsHandle", "broadcaster_from_config", "check_layout",
+    "layout_of_module", "make_broadcaster", "pack", "plan_buckets", "rendezvous_address", "unpack_into",
+]
