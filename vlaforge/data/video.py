@@ -94,6 +94,19 @@ class VideoFileEncoder:
             self._container.close()
 
 
+def encode_video(frames: np.ndarray, path: str | Path, fps: int, codec: str = "h264") -> Path:
+    """Write uint8 frames (T, H, W, 3) to one mp4 (e.g. a rollout video). Returns the path."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"encode_video {path}: expected uint8 frames (T, H, W, 3), got {frames.shape}")
+    enc = VideoFileEncoder(path, frames.shape[1], frames.shape[2], fps, codec)
+    try:
+        enc.add_frames(frames)
+    finally:
+        enc.close()
+    return enc.path
+
+
 def decode_video(
     path: str | Path, ranges: list[tuple[float, float]] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
