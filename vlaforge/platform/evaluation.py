@@ -148,7 +148,7 @@ def format_table(result: dict) -> str:
     p = result["pooled"]
     table.add_row("mean", f"{result['mean_success_rate']:.0%}", f"[{p['ci_low']:.0%}, {p['ci_high']:.0%}]",
                   str(p["episodes"]), "")
-    console = Console(record=True, width=100)
-    with console.capture():
+    console = Console(width=100)
+    with console.capture() as cap:
         console.print(table)
-    return console.export_text()
+    return cap.get()
