@@ -5,6 +5,7 @@ Never pickle: weights go through safetensors, everything else is JSON.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -17,11 +18,22 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import vlaforge
 from vlaforge.policies.config import PolicyConfig
 from vlaforge.policies.processor import VLAProcessor
 from vlaforge.policies.spec import PolicySpec
 from vlaforge.policies.vla import build_policy
+
+
+def _vlaforge_version() -> str:
+    # The installed distribution's version; `vlaforge.__version__` is missing when an editable install
+    # maps the package as a namespace (installed before vlaforge/__init__.py existed).
+    try:
+        return importlib.metadata.version("vlaforge")
+    except importlib.metadata.PackageNotFoundError:
+        import vlaforge
+
+        return getattr(vlaforge, "__version__", "unknown")
+
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -39,7 +51,7 @@ def save_pretrained(
     """Write the checkpoint into a temp dir beside ``directory``, then swap it in (never half-written)."""
     target = Path(directory).resolve()
     config = {
-        "vlaforge_version": vlaforge.__version__,
+        "vlaforge_version": _vlaforge_version(),
         "policy": cfg.model_dump(mode="json"),
         "spec": spec.to_dict(),
         "extra": extra or {},
@@ -54,7 +66,7 @@ def save_pretrained(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "vlaforge_version": vlaforge.__version__})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "vlaforge_version": _vlaforge_version()})
         (tmp / CONFIG_FILE).write_text(config_text)
         (tmp / PROCESSOR_FILE).write_text(json.dumps(processor.to_dict(), indent=2))
         for f in tmp.iterdir():  # durable before the rename makes them visible

@@ -25,7 +25,8 @@ class SpatialSoftmax(nn.Module):
     def __init__(self, channels: int, keypoints: int):
         super().__init__()
         self.proj = nn.Conv2d(channels, keypoints, kernel_size=1)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # Shape (1,), not (): DeepSpeed broadcasts parameters as uint8 views, which fails on 0-dim tensors.
+        self.log_temperature = nn.Parameter(torch.zeros(1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, _, h, w = features.shape
