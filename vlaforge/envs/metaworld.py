@@ -52,6 +52,12 @@ class MetaWorldBatchedEnv(BatchedEnv):
         if cfg.state not in STATE_INDEX:
             raise ValueError(f"Unknown state {cfg.state!r}: expected one of {sorted(STATE_INDEX)}.")
         self._state_idx = STATE_INDEX[cfg.state]
+        if cfg.render_backend == "warp" and len(set(tasks)) > 1:
+            raise ValueError(
+                f"render_backend='warp' renders all simulators of an env with ONE model, so every slot must "
+                f"run the same task; got {sorted(set(tasks))}. Give each task its own env (rollout actor), "
+                f"or use render_backend='plain' for mixed-task envs."
+            )
         self._seed_stream = np.random.default_rng(seed)  # seeds for resets without explicit seeds
         self.sims = []
         try:

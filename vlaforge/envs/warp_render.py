@@ -35,20 +35,22 @@ os.environ.setdefault(
 import mujoco_warp as mjw  # noqa: E402
 import warp as wp  # noqa: E402
 
-wp.config.quiet = True  # no init banner in every actor's log
+wp.config.log_level = wp.LOG_WARNING  # no init banner / module-load lines in every actor's log
 
 # The fields of mjData the renderer reads (world poses of geoms, cameras, lights), in both libraries.
 POSE_FIELDS = ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat", "light_xpos", "light_xdir")
 
 
 def _same_model(a: mujoco.MjModel, b: mujoco.MjModel) -> bool:
-    """Same scene for Warp's purposes: same geoms (types, sizes, meshes), cameras and lights."""
-    if (a.ngeom, a.ncam, a.nlight, a.nmesh) != (b.ngeom, b.ncam, b.nlight, b.nmesh):
+    """Same scene for Warp's purposes: same geoms (types, sizes, meshes, colours), cameras and lights."""
+    if (a.ngeom, a.ncam, a.nlight, a.nmesh, a.nmat, a.ntex) != (b.ngeom, b.ncam, b.nlight, b.nmesh, b.nmat, b.ntex):
         return False
     return bool(
         np.array_equal(a.geom_type, b.geom_type)
         and np.array_equal(a.geom_dataid, b.geom_dataid)
+        and np.array_equal(a.geom_matid, b.geom_matid)
         and np.allclose(a.geom_size, b.geom_size)
+        and np.allclose(a.geom_rgba, b.geom_rgba)
     )
 
 
