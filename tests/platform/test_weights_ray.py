@@ -41,12 +41,18 @@ def checksum(m: nn.Module) -> str:
 
 
 class Replica:
-    """A rollout-actor stand-in: a policy replica plus a subscriber."""
+    """A rollout-actor stand-in: a policy replica, an object-store subscriber, and a collective rank
+    (rank 0 plays the learner). One actor class for both paths, so the tests share 4 actors."""
 
-    def __init__(self, seed: int, hidden: int = 64) -> None:
-        self.model = make_model(seed, hidden)
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
         self.sub = WeightSubscriber()
+        self.b: CollectiveBroadcaster | None = None
 
+    def reset(self, seed: int, hidden: int = 64) -> None:
+        self.model, self.sub = make_model(seed, hidden), WeightSubscriber()
+
+    # -- object store ----------------------------------------------------------------------------------
     def load(self, handle: WeightsHandle) -> tuple[bool, int, str]:
         loaded = self.sub.maybe_load(self.model, handle)
         return loaded, self.sub.version, checksum(self.model)
@@ -57,15 +63,12 @@ class Replica:
         arr = ray.get(handle.ref)["float32"]  # the nested ref arrived unresolved
         return {"writeable": arr.flags.writeable, "owndata": arr.flags.owndata, "base": arr.base is not None}
 
-
-class Rank:
-    """One rank of the collective group (src = the learner stand-in, others = rollout actors)."""
-
-    def __init__(self, rank: int, world: int, addr: str, port: int, seed: int, hidden: int = 64) -> None:
-        self.model = make_model(seed, hidden)
+    # -- collective ------------------------------------------------------------------------------------
+    def join(self, rank: int, world: int, addr: str, port: int) -> int:
         layout = layout_of_module(self.model) if rank == 0 else None
         self.b = CollectiveBroadcaster(rank=rank, world_size=world, master_addr=addr, master_port=port, layout=layout,
                                        bucket_mb=4096 / 2**20, backend="gloo", timeout_s=60)  # 1024 floats/bucket
+        return len(self.b.plan.buckets)
 
     def step_and_publish(self) -> tuple[int, str]:
         with torch.no_grad():
@@ -74,7 +77,7 @@ class Rank:
         handle = self.b.publish(self.model)
         return handle.version, checksum(self.model)
 
-    def load(self, handle: WeightsHandle | None) -> tuple[bool, int, str]:
+    def load_collective(self, handle: WeightsHandle | None) -> tuple[bool, int, str]:
         return self.b.maybe_load(self.model, handle), self.b.version, checksum(self.model)
 
     def set_version(self, v: int) -> None:
@@ -83,11 +86,17 @@ class Rank:
     def set_model(self, model: nn.Module, version: int) -> None:
         self.model, self.b.version = model, version
 
-    def n_buckets(self) -> int:
-        return len(self.b.plan.buckets)
-
-    def close(self) -> None:
+    def leave(self) -> None:
         self.b.close()
+        self.b = None
+
+
+@pytest.fixture(scope="module")
+def replicas(ray_cluster):
+    actors = [ray_cluster.remote(num_cpus=0.25)(Replica).remote() for _ in range(4)]
+    yield actors
+    for a in actors:
+        ray_cluster.kill(a)
 
 
 def _live_ids(ray) -> set[str]:
@@ -128,45 +137,43 @@ def test_subscriber_loads_only_newer(ray_cluster):
         WeightSubscriber().maybe_load(dst, WeightsHandle(9, None, h2.layout, h2.nbytes))
 
 
-def test_four_actors_same_version_zero_copy(ray_cluster):
+def test_four_actors_same_version_zero_copy(ray_cluster, replicas):
     ray = ray_cluster
-    actor_cls = ray.remote(num_cpus=0.25)(Replica)
-    actors = [actor_cls.remote(seed=10 + i, hidden=512) for i in range(4)]
+    ray.get([a.reset.remote(seed=10 + i, hidden=512) for i, a in enumerate(replicas)])
     model = make_model(0, hidden=512)
     pub = WeightPublisher()
     h1 = pub.publish(model)
-    flags = ray.get(actors[0].probe.remote(h1))
+    flags = ray.get(replicas[0].probe.remote(h1))
     assert flags == {"writeable": False, "owndata": False, "base": True}  # a view onto shared memory
-    first = ray.get([a.load.remote(h1) for a in actors])
+    first = ray.get([a.load.remote(h1) for a in replicas])
     assert all(r == (True, 1, checksum(model)) for r in first), first
     with torch.no_grad():
         model[0].weight.add_(1.0)
     h2 = pub.publish(model)
-    second = ray.get([a.load.remote(h2) for a in actors])
+    second = ray.get([a.load.remote(h2) for a in replicas])
     assert {r[2] for r in second} == {checksum(model)} and all(r[:2] == (True, 2) for r in second)
-    stale = ray.get([a.load.remote(h1) for a in actors])  # a late handle never rolls a replica back
+    stale = ray.get([a.load.remote(h1) for a in replicas])  # a late handle never rolls a replica back
     assert all(r == (False, 2, checksum(model)) for r in stale)
-    for a in actors:
-        ray.kill(a)
 
 
-def test_gloo_collective_three_ranks(ray_cluster):
+def test_gloo_collective_three_ranks(ray_cluster, replicas):
     ray = ray_cluster
+    ranks = replicas[:3]
+    ray.get([r.reset.remote(seed=20 + i) for i, r in enumerate(ranks)])
     addr, port = rendezvous_address("127.0.0.1")
-    rank_cls = ray.remote(num_cpus=0.25)(Rank)
-    ranks = [rank_cls.remote(r, 3, addr, port, seed=20 + r) for r in range(3)]  # constructors rendezvous together
+    joins = [r.join.remote(i, 3, addr, port) for i, r in enumerate(ranks)]  # constructors rendezvous together
+    assert ray.get(joins) == [5] * 3  # 4292 floats / 1024 per bucket, same plan on every rank
     src, dsts = ranks[0], ranks[1:]
-    assert ray.get([r.n_buckets.remote() for r in ranks]) == [5] * 3  # 4292 floats / 1024 per bucket
     for expected in (1, 2):
         pub = src.step_and_publish.remote()
-        acks = [d.load.remote(None) for d in dsts]
+        acks = [d.load_collective.remote(None) for d in dsts]
         version, src_sum = ray.get(pub)
         assert version == expected
         assert ray.get(acks) == [(True, expected, src_sum)] * 2  # identical weights and version everywhere
     # An up-to-date receiver still drains the broadcast (no hang) but keeps its weights.
     ray.get(dsts[1].set_version.remote(10))
     pub = src.step_and_publish.remote()
-    acks = [d.load.remote(WeightsHandle(3, None, None, 0)) for d in dsts]
+    acks = [d.load_collective.remote(WeightsHandle(3, None, None, 0)) for d in dsts]
     version, src_sum = ray.get(pub)
     got = ray.get(acks)
     assert version == 3 and got[0] == (True, 3, src_sum)
@@ -174,14 +181,12 @@ def test_gloo_collective_three_ranks(ray_cluster):
     # A receiver whose replica does not match drains every bucket, then raises; the others complete.
     ray.get(dsts[1].set_model.remote(make_model(0, hidden=32), 0))
     pub = src.step_and_publish.remote()
-    acks = [d.load.remote(None) for d in dsts]
+    acks = [d.load_collective.remote(None) for d in dsts]
     version, src_sum = ray.get(pub)
     assert version == 4 and ray.get(acks[0]) == (True, 4, src_sum)
     with pytest.raises(LayoutMismatchError, match=r"'0\.weight'"):
         ray.get(acks[1])
-    ray.get([r.close.remote() for r in ranks])
-    for r in ranks:
-        ray.kill(r)
+    ray.get([r.leave.remote() for r in ranks])
 
 
 def test_registry_and_config():
