@@ -18,6 +18,7 @@ class DeepSpeedConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     objective: str = "bc"  # key of the objective registry (vlaforge/learners)
+    bc_std_coef: float = Field(1.0, ge=0.0)  # bc: weight of the std's likelihood term (mean detached there)
     num_learners: int = Field(2, ge=1)  # DeepSpeed ranks, one Ray actor each
     cpus_per_learner: float = Field(1.0, gt=0)
     gpus_per_learner: float = Field(0.0, ge=0)
