@@ -105,7 +105,8 @@ class PolicyRunner:
         sub = obs if idx.numel() == obs.batch_size[0] else obs[idx]
         dev = next(self.policy.parameters()).device
         was_training = self.policy.training
-        self.policy.eval()
+        if was_training:  # train()/eval() walk every module (~4 ms here): only when needed
+            self.policy.eval()
         try:
             with torch.inference_mode():
                 prepared = self.processor(sub, train=False, device=dev)
@@ -122,5 +123,6 @@ class PolicyRunner:
                     self._value[idx] = out.get(keys.VALUE).to(home)
                 self._remaining[idx] = self.n_action_steps
         finally:
-            self.policy.train(was_training)
+            if was_training:
+                self.policy.train()
         self.num_forward += 1
