@@ -1,8 +1,8 @@
 """An endless, resumable stream of one rank's micro-batches over a map-style dataset.
 
-Epoch e draws one permutation of all N samples from ``seed + e`` (identical on every rank), rank r takes
-``perm[r::world]`` truncated to a multiple of the micro batch, so EVERY rank runs the same number of steps
-per epoch (an uneven count would leave one rank waiting in the gradient all-reduce forever). The position
+Epoch e is the data layer's ``ShardSampler`` order (one permutation seeded by (seed, e), rank r takes every
+world-th sample), cut to a multiple of the micro batch, so EVERY rank runs the same number of steps per
+epoch (an uneven count would leave one rank waiting in the gradient all-reduce forever). The position
 ``(epoch, offset)`` -- offset in batches -- is the whole state: a checkpoint stores it, resume rebuilds the
 permutation and skips ``offset`` batches, so the continued run sees exactly the batches it would have seen.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+
+from vlaforge.data.sampler import ShardSampler
 
 
 class ShardStream:
@@ -33,17 +35,14 @@ class ShardStream:
             )
         self.num_samples, self.get_batch, self.batch_size = num_samples, get_batch, batch_size
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
-        self.batches_per_epoch = per_rank // batch_size
+        self.sampler = ShardSampler(num_samples, rank, world_size, seed=seed, shuffle=shuffle)
+        self.batches_per_epoch = len(self.sampler) // batch_size
         self.epoch, self.offset = 0, 0
         self._indices = self._epoch_indices(0)
 
     def _epoch_indices(self, epoch: int) -> torch.Tensor:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)  # own generator: independent of global RNG
-            perm = torch.randperm(self.num_samples, generator=g)
-        else:
-            perm = torch.arange(self.num_samples)
-        mine = perm[self.rank :: self.world_size]  # (N / world,)
+        self.sampler.set_epoch(epoch)  # own torch.Generator: independent of the global RNG
+        mine = torch.tensor(list(self.sampler), dtype=torch.int64)  # (N // world,)
         return mine[: self.batches_per_epoch * self.batch_size]
 
     def next(self) -> Any:
