@@ -84,6 +84,14 @@ def test_state_variants(env_factory, state, dim):
     assert torch.equal(td[keys.STATE], td[keys.PRIVILEGED][:, :dim])
 
 
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_instruction_split_per_episode(env_factory, split):
+    env = env_factory(["drawer-open-v3"], instructions=split, heldout_paraphrases=2)
+    seen = {_instructions(env.reset(seeds=[s]))[0] for s in range(12)}
+    allowed = set(instructions_for("drawer-open-v3", split, 2))
+    assert seen <= allowed and len(seen) >= 2  # drawn per reset from the split only
+
+
 def test_same_seed_same_initial_state(env_factory):
     a = env_factory(["reach-v3", "push-v3"], seed=3)
     b = env_factory(["reach-v3", "push-v3"], seed=3)
@@ -130,6 +138,8 @@ def test_truncation_and_flags(env_factory):
     env.reset(env_ids=[0])  # no auto-reset: only slot 0 starts over
     nxt = env.step(torch.zeros(2, 4))[keys.NEXT]
     assert nxt[keys.TRUNCATED].squeeze(1).tolist() == [False, True]
+    env.reset(env_ids=nxt[keys.DONE])  # a (B, 1) done mask works as env_ids too
+    assert env.elapsed_steps.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize(
@@ -179,6 +189,8 @@ def test_bad_inputs_raise_clear_errors(env_factory):
         env_factory(["psuh-v3"])
     with pytest.raises(ValueError, match="same task"):
         env_factory(["push-v3", "reach-v3"], render_backend="warp")
+    with pytest.raises(ValueError, match="heldout=5"):
+        env_factory(["reach-v3"], heldout_paraphrases=5)
     with pytest.raises(ValueError, match="Unknown env backend"):
         make_env(_cfg(backend="isaac"), ["reach-v3"])
 

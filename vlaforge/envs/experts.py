@@ -7,6 +7,7 @@ They read Meta-World's 39-d observation, goal included (obs[36:39]; our sims exp
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,7 +34,10 @@ def make_expert(task: str) -> Expert:
         obs = np.asarray(obs, dtype=np.float64)
         if obs.shape != (39,):
             raise ValueError(f"Expert of {task!r} expects Meta-World's (39,) observation, got shape {obs.shape}.")
-        return np.clip(policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+        with warnings.catch_warnings():  # "Constant(s) may be too high": we clip, as Meta-World's envs do
+            warnings.simplefilter("ignore", UserWarning)
+            action = policy.get_action(obs)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     return act
 

@@ -29,7 +29,7 @@ from tensordict import NonTensorStack, TensorDict
 from vlaforge import keys
 from vlaforge.envs.base import BatchedEnv, EnvSpec, register_env
 from vlaforge.envs.config import EnvConfig
-from vlaforge.envs.instructions import sample_instruction
+from vlaforge.envs.instructions import instructions_for, sample_instruction
 from vlaforge.envs.metaworld_sim import control_fps, make_sim, seed_and_reset
 from vlaforge.envs.render import make_renderer
 from vlaforge.envs.tasks import resolve_tasks, task_index
@@ -58,6 +58,8 @@ class MetaWorldBatchedEnv(BatchedEnv):
                 f"run the same task; got {sorted(set(tasks))}. Give each task its own env (rollout actor), "
                 f"or use render_backend='plain' for mixed-task envs."
             )
+        for task in set(tasks):  # fail at construction, not at the first reset, on a bad split
+            instructions_for(task, cfg.instructions, cfg.heldout_paraphrases)
         self._seed_stream = np.random.default_rng(seed)  # seeds for resets without explicit seeds
         self.sims = []
         try:
@@ -96,7 +98,10 @@ class MetaWorldBatchedEnv(BatchedEnv):
         self._needs_reset = np.ones(b, bool)
 
     # -- contract -------------------------------------------------------------------------------------
-    def reset(self, env_ids: Sequence[int] | torch.Tensor | None = None, seeds: Sequence[int] | None = None) -> TensorDict:
+    def reset(
+        self, env_ids: Sequence[int] | torch.Tensor | None = None, seeds: Sequence[int] | None = None
+    ) -> TensorDict:
+        """See BatchedEnv.reset; ``env_ids`` may also be a boolean done mask (B,) or (B, 1)."""
         ids = self._ids(env_ids)
         if seeds is None:
             seeds = self._seed_stream.integers(0, 2**31 - 1, size=len(ids))
@@ -114,7 +119,8 @@ class MetaWorldBatchedEnv(BatchedEnv):
             self._needs_reset[i] = False
             # Instruction drawn from the reset seed too: a seed fixes the whole initial observation.
             rng = np.random.default_rng([int(seed), 0x1A57])
-            self._instruction[i] = sample_instruction(task, self.cfg.instructions, self.cfg.heldout_paraphrases, rng)
+            split, heldout = self.cfg.instructions, self.cfg.heldout_paraphrases
+            self._instruction[i] = sample_instruction(task, split, heldout, rng)
         self._render(ids)
         return self._observation()
 
@@ -122,12 +128,13 @@ class MetaWorldBatchedEnv(BatchedEnv):
         b = self.num_envs
         act = torch.as_tensor(action).detach().cpu().to(torch.float32).numpy()
         if act.shape != (b, ACTION_DIM):
-            raise ValueError(f"MetaWorldBatchedEnv.step: action must be float (B={b}, A={ACTION_DIM}), got {act.shape}.")
+            raise ValueError(f"MetaWorldBatchedEnv.step: action must be (B={b}, A={ACTION_DIM}), got {act.shape}.")
         if not np.isfinite(act).all():
             bad = np.nonzero(~np.isfinite(act).all(1))[0].tolist()
             raise ValueError(f"MetaWorldBatchedEnv.step: non-finite actions for env ids {bad}.")
         if self._needs_reset.any():
-            raise RuntimeError(f"step() before reset() for env ids {np.nonzero(self._needs_reset)[0].tolist()}.")
+            never = np.flatnonzero(self._needs_reset).tolist()
+            raise RuntimeError(f"MetaWorldBatchedEnv: step() before reset() for env ids {never}.")
         act = np.clip(act, -1.0, 1.0)
         reward = np.zeros((b, 1), np.float32)
         success = np.zeros((b, 1), bool)
@@ -173,7 +180,12 @@ class MetaWorldBatchedEnv(BatchedEnv):
         b = self.num_envs
         if env_ids is None:
             return list(range(b))
-        ids = [int(i) for i in (env_ids.tolist() if isinstance(env_ids, torch.Tensor) else env_ids)]
+        arr = np.asarray(env_ids.detach().cpu() if isinstance(env_ids, torch.Tensor) else env_ids)
+        if arr.dtype == bool:  # a done mask (B,) or (B, 1): the indices where it is True
+            if arr.size != b:
+                raise ValueError(f"reset: a boolean env_ids mask needs {b} entries, got shape {arr.shape}.")
+            arr = np.flatnonzero(arr)
+        ids = [int(i) for i in arr.reshape(-1)]
         bad = [i for i in ids if not 0 <= i < b]
         if bad or len(set(ids)) != len(ids):
             raise ValueError(f"reset: env_ids must be distinct indices in [0, {b}), got {ids}.")

@@ -43,7 +43,8 @@ POSE_FIELDS = ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat", "light_xpos", "
 
 def _same_model(a: mujoco.MjModel, b: mujoco.MjModel) -> bool:
     """Same scene for Warp's purposes: same geoms (types, sizes, meshes, colours), cameras and lights."""
-    if (a.ngeom, a.ncam, a.nlight, a.nmesh, a.nmat, a.ntex) != (b.ngeom, b.ncam, b.nlight, b.nmesh, b.nmat, b.ntex):
+    sizes = ("ngeom", "ncam", "nlight", "nmesh", "nmat", "ntex")
+    if any(getattr(a, n) != getattr(b, n) for n in sizes):
         return False
     return bool(
         np.array_equal(a.geom_type, b.geom_type)
