@@ -112,3 +112,10 @@ def test_dump_round_trips(tmp_path):
     r = load_recipe(ROOT / "configs" / "quickstart.yaml", ["train.steps=7"])
     f = write(tmp_path, "resolved.yaml", dump_recipe(r))
     assert load_recipe(f) == r
+
+
+def test_unknown_task_is_caught_at_check_time(tmp_path):
+    f = write(tmp_path, "r.yaml", "envs:\n  tasks:\n    - reach-v3\n    - rech-v3\n")
+    with pytest.raises(RecipeError, match=r"r.yaml:4: envs.tasks.1: Unknown Meta-World task .*Did you mean 'reach-v3'"):
+        load_recipe(f)
+    assert load_recipe(f, ["envs.tasks=[MT10]"]).envs.tasks == ["MT10"]

@@ -56,6 +56,8 @@ def _node_to_py(node: yaml.Node, loader: yaml.SafeLoader, file: str, path: Path_
             out[key] = _node_to_py(v_node, loader, file, path + (key,), src)
         return out
     if isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            src.where[path + (str(i),)] = f"{file}:{v.start_mark.line + 1}"
         return [_node_to_py(v, loader, file, path + (str(i),), src) for i, v in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
@@ -170,12 +172,27 @@ def _explain(err: dict, src: Source) -> str:
     return f"{where}: {key}: {err['msg']}{got_s}"
 
 
+def _check_tasks(recipe: Recipe, src: Source) -> None:
+    """Task names are known only to the simulator backend: check them now, not an hour into a run."""
+    if recipe.envs.backend != "metaworld":
+        return
+    from vlaforge.envs.tasks import resolve_tasks
+
+    for i, name in enumerate(recipe.envs.tasks):
+        try:
+            resolve_tasks([name])
+        except ValueError as e:
+            raise RecipeError(f"invalid recipe:\n  {src.locate(('envs', 'tasks', str(i)))}: envs.tasks.{i}: {e}") from None
+
+
 def validate(data: dict[str, Any], src: Source) -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         lines = [_explain(err, src) for err in e.errors()]
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None
+    _check_tasks(recipe, src)
+    return recipe
 
 
 def load_recipe(file: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
