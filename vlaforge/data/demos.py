@@ -159,6 +159,7 @@ def generate_demos(
                 )
             if writer is None:
                 writer = _make_writer(dest, ray.get(workers[w].spec.remote(st.name)), env_cfg, demo_cfg, digest)
+            submit(w)  # keep the actor busy while this process encodes and writes
             while next_to_write < len(states) and states[next_to_write].complete():  # task order
                 for ep in states[next_to_write].episodes:
                     writer.add_episode({k: ep[k] for k in ep if k.startswith(("observation.", "action", "next."))},
@@ -166,7 +167,6 @@ def generate_demos(
                     frames += ep["length"]
                 states[next_to_write].episodes, states[next_to_write].written = [], True  # free the memory
                 next_to_write += 1
-            submit(w)
         if next_to_write != len(states):  # every job returned yet some task is short: a logic error
             raise RuntimeError(f"demos: tasks {[s.name for s in states if not s.complete()]} incomplete")
         path = writer.finalize()

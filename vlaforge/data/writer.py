@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlaforge.data import format as F
-from vlaforge.data.stats import ImageStats, image_stats, numeric_stats, to_jsonable
+from vlaforge.data.stats import ImageStats, numeric_stats, to_jsonable
 from vlaforge.data.video import VideoFileEncoder, probe_video_info
 
 
@@ -108,11 +108,13 @@ class DatasetWriter:
         for key in self.video_keys:
             row.update(self._write_video(key, frames[key]))
         stats = {k: numeric_stats(cols[k]) for k in self._numeric}
-        stats.update({k: image_stats(frames[k]) for k in self.video_keys})
+        for k in self.video_keys:
+            acc = ImageStats()
+            acc.update(frames[k])
+            stats[k] = acc.result()
+            self._images[k].merge(acc)  # dataset stats = merged per-episode histograms
         for k in self._numeric:
             self._numeric[k].append(cols[k])
-        for k in self.video_keys:
-            self._images[k].update(frames[k])
         row.update({f"stats/{k}/{s}": v.tolist() for k, st in stats.items() for s, v in st.items()})
         row.update(extra)
         self._episodes.append(row)
