@@ -48,3 +48,12 @@ EPISODE_INDEX = "episode_index"  # int64
 FRAME_INDEX = "frame_index"  # int64
 EPISODE_RETURN = "episode_return"
 EPISODE_LENGTH = "episode_length"
+
+# -- RL learners (advantage estimation and losses; batch [B, T] or flat [N]) -----------------------------
+ADVANTAGE = "advantage"  # float32 (..., 1): TorchRL's default advantage key
+VALUE_TARGET = "value_target"  # float32 (..., 1): regression target of the value head (TorchRL's default)
+OLD_VALUE = "old_state_value"  # float32 (..., 1): VALUE at sampling time, kept beside the model's new VALUE
+REF_ACTION_MEAN = "ref_action_mean"  # float32 (..., K, A): the frozen reference policy's mean
+REF_ACTION_LOG_STD = "ref_action_log_std"  # float32 (..., K, A)
+VALID = "valid"  # bool (B, T): the decision takes part in the loss (GRPO: the row's first episode)
+GROUP_ID = "group_id"  # int64 (B,) or (B, T): rollouts from the same initial state share an id (GRPO/RLOO)

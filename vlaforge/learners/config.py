@@ -1,4 +1,4 @@
-"""Typed config of the learners (the ``train:`` block): DeepSpeed, optimisation, checkpoints."""
+"""Typed config of the learners (the ``train:`` block): DeepSpeed, optimisation, checkpoints, RL objectives."""
 
 from __future__ import annotations
 
@@ -14,6 +14,49 @@ class DeepSpeedConfig(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: GPU paths, not exercised on CPU
     gradient_clipping: float = Field(1.0, ge=0.0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo on CPU
+
+
+class ClipObjectiveConfig(StrictModel):
+    """What PPO and GRPO/RLOO share: the clipped chunk-ratio loss, its epochs and minibatches, the KL to the
+    frozen reference (BC) policy. One optimizer step per minibatch: epochs x num_minibatches steps per update."""
+
+    epochs: int = Field(4, ge=1)  # passes over the rollout batch per update
+    num_minibatches: int = Field(4, ge=1)  # per rank and epoch (every rank takes the same number of steps)
+    clip_epsilon: float = Field(0.2, gt=0.0)  # ratio clipped to [1 - eps, 1 + eps_high]
+    clip_epsilon_high: float | None = Field(None, gt=0.0)  # asymmetric upper clip (DAPO "clip-higher"); None: = eps
+    entropy_coef: float = Field(0.0, ge=0.0)  # entropy bonus on the executed chunk positions
+    kl_coef: float = Field(0.0, ge=0.0)  # penalty on KL(policy || reference); 0 skips the reference forward
+    # "analytic": exact KL of the two diagonal Gaussians over the executed positions (low variance);
+    # "k3": Schulman's estimator (r - 1 - log r, r = p_ref / p) at the sampled chunk (as GRPO/DeepSeek).
+    kl_estimator: Literal["analytic", "k3"] = "analytic"
+    target_kl: float | None = Field(None, gt=0.0)  # stop the update's remaining epochs once approx_kl exceeds it
+    augment: bool = False  # processor image augmentation during RL (changes log-probs: ratio != 1 at epoch 0)
+
+
+class PPOConfig(ClipObjectiveConfig):
+    """PPO at the DECISION level: one time step = one action chunk covering k env steps (vlaforge/actors)."""
+
+    gamma: float = Field(0.99, gt=0.0, le=1.0)  # per ENV step: a decision covering k steps discounts by gamma**k
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per DECISION (SMDP view of a chunk as one action)
+    value_coef: float = Field(0.5, ge=0.0)
+    value_clip: float | None = Field(0.2, gt=0.0)  # clip V around the rollout's value (PPO2); None: plain MSE
+    normalize_advantage: bool = True  # (A - mean) / std over the whole batch (all ranks)
+    normalize_reward: bool = False  # divide rewards by a running std of discounted returns (no shift)
+    critic_warmup_updates: int = Field(0, ge=0)  # first updates train only the value head (policy loss zeroed)
+    value_backbone_grad: bool = True  # False: the value loss trains the value head only (backbone detached)
+
+
+class GRPOConfig(ClipObjectiveConfig):
+    """Critic-free: G rollouts per initial state (a GROUP_ID per trajectory), group-relative advantages.
+    train.objective "grpo": (R - mean_g) / std_g; "rloo": R - mean of the other G-1 (leave-one-out)."""
+
+    # The trajectory score: "success" (1 if the task succeeded in the row's first episode; SimpleVLA-RL)
+    # or "return" (discounted sum of env rewards of that episode, gamma per env step).
+    score: Literal["success", "return"] = "success"
+    gamma: float = Field(1.0, gt=0.0, le=1.0)
+    std_eps: float = Field(1e-6, gt=0.0)  # grpo: added to the group std
+    dynamic_sampling: bool = True  # drop groups whose scores are all equal (all succeeded / all failed)
+    min_group_size: int = Field(2, ge=2)  # smaller groups are an error (no baseline without peers)
 
 
 class TrainConfig(StrictModel):
@@ -34,3 +77,5 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(500, ge=1)  # steps between DeepSpeed checkpoints
     keep_checkpoints: int = Field(2, ge=1)  # newest DeepSpeed checkpoints kept on disk
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)  # objective "ppo"
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)  # objectives "grpo" / "rloo"
