@@ -46,7 +46,9 @@ class ChunkDataset(Dataset):
         self.camera_keys = self._camera_keys(cameras)
         for k in (state_key, action_key, *(extra or {})):
             if k not in self.reader.features:
-                raise KeyError(f"{self.root}: feature {k!r} not in the dataset (features: {sorted(self.reader.features)})")
+                raise KeyError(
+                    f"{self.root}: feature {k!r} not in the dataset (features: {sorted(self.reader.features)})"
+                )
         self.state_key, self.action_key, self.extra = state_key, action_key, dict(extra or {})
         data = self.reader.load(episodes, cameras=self.camera_keys)
         self.episodes = sorted({int(e) for e in data["episode_index"]})
@@ -122,7 +124,8 @@ class ChunkDataset(Dataset):
             },
             batch_size=[len(idx)],
         )
-        td.set(keys.INSTRUCTION, NonTensorStack.from_list([self.instructions[t] for t in self.task_index[idx].tolist()]))
+        instructions = [self.instructions[t] for t in self.task_index[idx].tolist()]
+        td.set(keys.INSTRUCTION, NonTensorStack.from_list(instructions))  # B strings
         return td
 
     # -- metadata ---------------------------------------------------------------------------------

@@ -183,7 +183,9 @@ def generate_demos(
     return path
 
 
-def _make_writer(dest: Path, spec: dict[str, Any], env_cfg: EnvConfig, demo_cfg: DemoConfig, digest: str) -> DatasetWriter:
+def _make_writer(
+    dest: Path, spec: dict[str, Any], env_cfg: EnvConfig, demo_cfg: DemoConfig, digest: str
+) -> DatasetWriter:
     _, h, w, _ = spec["image_shape"]
     features: dict[str, dict[str, Any]] = {F.IMAGE_PREFIX + c: F.video_feature(h, w) for c in spec["cameras"]}
     features.update({
