@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlaforge.data import format as F
+from vlaforge.errors import VlaforgeError
 from vlaforge.data.config import DemoConfig
 from vlaforge.data.demo_worker import DemoWorker
 from vlaforge.data.writer import DatasetWriter

@@ -27,6 +27,13 @@ class EnvConfig(StrictModel):
     instructions: Literal["train", "heldout", "all"] = "train"
     heldout_paraphrases: int = Field(1, ge=0)
 
+    @field_validator("image_size")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"image_size must be even (videos are stored as yuv420p), got {v}; use {v + 1}")
+        return v
+
     @field_validator("tasks")
     @classmethod
     def _no_duplicates(cls, v: list[str]) -> list[str]:
