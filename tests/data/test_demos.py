@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from vlaforge.errors import VlaforgeError
+
 from vlaforge.data import format as F
 from vlaforge.data.config import EVAL_SEED_START, DemoConfig
 from vlaforge.data.dataset import ChunkDataset
@@ -84,6 +86,6 @@ def test_failing_expert_names_the_task(ray_cluster, tmp_path):
     # 5 steps are too few for any expert: every attempt fails, the error names the task and the count
     demo = DemoConfig(episodes_per_task=1, max_attempts_factor=2, num_workers=1, envs_per_worker=2,
                       cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(RuntimeError, match=r"task 'drawer-close-v3' succeeded in 0 of 2 attempts"):
+    with pytest.raises(VlaforgeError, match=r"task 'drawer-close-v3' succeeded in 0 of 2 attempts"):
         generate_demos(_env(tasks=["drawer-close-v3"], max_episode_steps=5), demo, progress=False)
     assert not any((tmp_path / "cache").glob("*"))  # nothing half-written

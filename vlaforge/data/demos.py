@@ -153,7 +153,7 @@ def generate_demos(
             kept = [e for e in result["episodes"] if e["success"] or not demo_cfg.only_success]
             bar.update(st.add(kept))
             if st.exhausted():
-                raise RuntimeError(
+                raise VlaforgeError(
                     f"demos: the scripted expert of task {st.name!r} succeeded in {st.kept} of "
                     f"{st.tried} attempts, {target} needed (demos.max_attempts_factor="
                     f"{demo_cfg.max_attempts_factor}); raise the factor or lower episodes_per_task"
