@@ -15,6 +15,7 @@ import ray
 
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor
+from vlaforge.learners.engine import param_checksum
 from vlaforge.platform import checkpoint as ckpt
 from vlaforge.platform.worker_group import WorkerError, WorkerGroup
 from vlaforge.policies import load_pretrained
@@ -60,6 +61,12 @@ def test_bc_loss_falls_and_ranks_stay_identical(run):
     assert sums[0]["step"] == sums[1]["step"] == 16
     # 6 micro batches per rank and epoch (96 samples / 2 ranks / 8): 16 steps = epoch 2, offset 4.
     assert sums[0]["data"]["epoch"] == 2 and sums[0]["data"]["offset"] == 4
+
+    # The safetensors export holds exactly the trained weights (rank 0 writes, the call is collective).
+    out = run["run_dir"] / "export"
+    assert group.call("export_policy", str(out)) == [str(out), None]
+    policy, processor, cfg, spec, extra = load_pretrained(out)
+    assert param_checksum(policy) == sums[0]["params"] and extra["global_step"] == 16 and cfg == POLICY
 
 
 def test_checkpoint_crash_kill_and_exact_resume(run, tiny_dataset):

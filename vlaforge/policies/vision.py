@@ -32,8 +32,8 @@ class SpatialSoftmax(nn.Module):
         n, _, h, w = features.shape
         logits = self.proj(features).flatten(2) / self.log_temperature.exp()  # (N, P, h*w)
         attn = logits.softmax(dim=-1)
-        ys = torch.linspace(-1.0, 1.0, h, device=features.device)
-        xs = torch.linspace(-1.0, 1.0, w, device=features.device)
+        ys = torch.linspace(-1.0, 1.0, h, device=features.device, dtype=features.dtype)  # bf16 under DeepSpeed
+        xs = torch.linspace(-1.0, 1.0, w, device=features.device, dtype=features.dtype)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (h*w, 2)
         return attn @ grid  # (N, P, 2)
