@@ -39,16 +39,16 @@ def test_run_directory_holds_everything(tiny_run):
     assert [r["step"] for r in rows if "train/loss" in r] == [3, 6]
     assert any("eval/mean_success_rate" in r for r in rows) and any("time/learn_s" in r for r in rows)
     assert all(k.split("/")[0] in {"train", "eval", "time", "system", "step", "time"} for r in rows for k in r)
-    policy = run_dir / "checkpoints" / "step-6" / "policy"
+    policy = run_dir / "bc" / "checkpoints" / "step-6" / "policy"
     assert (policy / "model.safetensors").exists() and (policy / "run_card.json").exists()
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-6"
+    assert (run_dir / "bc" / "checkpoints" / "latest").read_text().strip() == "step-6"
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
 
 
 @pytest.mark.slow
 def test_eval_json_contents(tiny_run):
     run_dir, summary = tiny_run
-    res = json.loads((run_dir / "eval" / "eval.json").read_text())
+    res = json.loads((run_dir / "bc" / "eval" / "eval.json").read_text())
     assert set(res["tasks"]) == {"reach-v3", "drawer-close-v3"}
     for t in res["tasks"].values():
         assert t["episodes"] == 2
@@ -64,7 +64,7 @@ def test_eval_json_contents(tiny_run):
 def test_eval_command_is_deterministic_on_fixed_states(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     res = evaluate_checkpoint(run_dir, overrides=["eval.videos_per_task=0"], out_dir=tmp_path / "ev")
-    first = json.loads((run_dir / "eval" / "eval.json").read_text())
+    first = json.loads((run_dir / "bc" / "eval" / "eval.json").read_text())
     # same checkpoint, same fixed seeds, deterministic policy -> the same episodes
     assert [e["success"] for e in res["episodes"]] == [e["success"] for e in first["episodes"]]
     assert [e["length"] for e in res["episodes"]] == [e["length"] for e in first["episodes"]]
@@ -81,7 +81,7 @@ def test_resume_continues_the_run(tiny_run):
     train(recipe, run_dir=run_dir, resume=True)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [3, 6, 9]  # continued at 6, nothing re-run
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-9"
+    assert (run_dir / "bc" / "checkpoints" / "latest").read_text().strip() == "step-9"
     bad = load_recipe(run_dir / "recipe.yaml", ["policy.dim=64"])
     with pytest.raises(VlaforgeError, match="'policy' block differs"):
         train(bad, run_dir=run_dir, resume=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
 
-from vlaforge.actors.config import EvalConfig
+from pydantic import Field, field_validator
+
+from vlaforge.actors.config import EvalConfig, RolloutConfig
 from vlaforge.config_base import StrictModel
 from vlaforge.data.config import DataConfig, DemoConfig
 from vlaforge.envs.config import EnvConfig
@@ -27,6 +29,27 @@ class LoggingConfig(StrictModel):
     tensorboard: bool = False
 
 
+class StageConfig(StrictModel):
+    name: str  # folder of the stage inside the run directory
+    kind: Literal["bc", "ppo", "grpo"] = "bc"  # key of vlaforge.platform.stages.STAGES
+    # Where the stage's policy starts: "previous" (the previous stage's result; from scratch for the
+    # first stage), "scratch", or a path to an exported policy / checkpoint / run folder.
+    init: str = "previous"
+    eval_start: bool = True  # evaluate the starting policy (skipped when starting from scratch)
+    eval_end: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError(f"stage name {v!r} must be a folder name (letters, digits, - and _)")
+        return v
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig(name="bc", kind="bc")]
+
+
 class Recipe(StrictModel):
     name: str = "run"  # run name; the default run directory is runs/<name>-<timestamp>
     seed: int = 0
@@ -37,4 +60,15 @@ class Recipe(StrictModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # The stages run in order, each in <run>/<name>/, each starting from the previous one's policy.
+    stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, v: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return v

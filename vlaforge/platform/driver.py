@@ -97,21 +97,18 @@ def make_demos(recipe: Recipe) -> Path:
     return generate_demos(recipe.envs, recipe.demos)
 
 
-def _launch_learners(recipe: Recipe, name: str = "learners"):
-    from vlaforge.learners.deepspeed_learner import LearnerActor
-    from vlaforge.platform.worker_group import WorkerGroup
-
-    t = recipe.train
-    return WorkerGroup(LearnerActor, t.num_learners, cpus_per_worker=t.cpus_per_learner,
-                       gpus_per_worker=t.gpus_per_learner, name=name)
+def _resolve_init(stage, previous: Path | None) -> Path | None:
+    if stage.init == "previous":
+        return previous
+    if stage.init == "scratch":
+        return None
+    return _find_policy_dir(Path(stage.init).expanduser())
 
 
 def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> dict:
-    """demos -> DeepSpeed BC on N Ray ranks (checkpointed) -> exported policy -> evaluation."""
-    from tqdm import tqdm
-
-    from vlaforge.platform import checkpoint as ckpt
-    from vlaforge.platform.metrics import MetricsLogger, system_metrics
+    """Run the recipe's stages in order (default: one BC stage), evaluating before and after each."""
+    from vlaforge.platform.metrics import MetricsLogger
+    from vlaforge.platform.stages import STAGES, StageContext, stage_fingerprint
 
     run_dir = prepare_run_dir(recipe, run_dir, resume)
     _setup_logging(run_dir)
@@ -120,56 +117,51 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
     with timers.phase("ray_init"):
         _init_ray(recipe)
     metrics = MetricsLogger(run_dir, recipe, resume=resume)
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, metrics=metrics, timers=timers, resume=resume)
+    policy_dir: Path | None = None
+    results: dict[str, dict] = {}
     try:
-        with timers.phase("demos"):
-            dataset = make_demos(recipe)
-        log.info("training data: %s", dataset)
-
-        learners = _launch_learners(recipe)
-        try:
-            with timers.phase("learner_setup"):
-                info = learners.call("setup", recipe.train, recipe.policy, str(dataset))[0]
-            log.info("learners: %d DeepSpeed ranks, %.2fM parameters, %d samples",
-                     info["world_size"], info["num_params"] / 1e6, info["num_samples"])
-            step = 0
-            if resume:
-                latest = ckpt.find_latest(run_dir)
-                if latest is None:
-                    log.info("no checkpoint in %s yet: starting from step 0", run_dir)
-                else:
-                    step = learners.call("load_checkpoint", str(latest))[0]
-                    log.info("resumed from %s at step %d", latest, step)
-            total = recipe.train.steps
-            bar = tqdm(total=total, initial=step, desc="train (BC)", unit="step")
-            while step < total:
-                n = min(recipe.train.log_every, total - step)
-                with timers.phase("learn"):
-                    m = learners.call("train_steps", n)[0]
-                step = int(m["train/step"])
-                bar.update(n)
-                bar.set_postfix(loss=f"{m['train/loss']:.4f}")
-                metrics.log({**m, **system_metrics()}, step=step)
-                if step % recipe.train.checkpoint_every == 0 or step >= total:
-                    with timers.phase("checkpoint"):
-                        learners.call("save_checkpoint", str(run_dir))
-            bar.close()
-            final = ckpt.find_latest(run_dir)
-            if final is None:
-                raise VlaforgeError(f"{run_dir}: training ended without a checkpoint")
-            policy_dir = final / "policy"  # every checkpoint carries the safetensors export
+        for stage in recipe.stages:
+            stage_dir = run_dir / stage.name
+            done_file = stage_dir / "stage.json"
+            fingerprint = stage_fingerprint(recipe, stage)
+            done = json.loads(done_file.read_text()) if (resume and done_file.exists()) else None
+            if done is not None and done.get("fingerprint") == fingerprint:  # finished, same config: keep it
+                policy_dir, ctx.step = Path(done["policy_dir"]), done["end_step"]
+                results[stage.name] = done
+                log.info("stage %s already finished (%s)", stage.name, policy_dir)
+                continue
+            init = _resolve_init(stage, policy_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            record = {"stage": stage.name, "kind": stage.kind, "init": str(init) if init else None,
+                      "fingerprint": fingerprint}
+            if init is not None and stage.eval_start and recipe.eval.enabled:
+                with timers.phase("eval"):
+                    record["eval_start"] = _evaluate(init, recipe, stage_dir / "eval-start", metrics, ctx.step,
+                                                     prefix=f"eval/{stage.name}_start")
+            log.info("stage %s (%s) starts%s", stage.name, stage.kind, f" from {init}" if init else " from scratch")
+            policy_dir = STAGES[stage.kind](ctx, stage, stage_dir, init)
             _write_run_card(policy_dir, recipe)
-        finally:
-            learners.shutdown()
-
-        result = None
-        if recipe.eval.enabled:
-            with timers.phase("eval"):
-                result = _evaluate(policy_dir, recipe, run_dir / "eval", metrics, step)
-        metrics.log(dict(timers.totals), step=step)
-        summary = _summary(run_dir, policy_dir, result, timers)
-        return summary
+            if stage.eval_end and recipe.eval.enabled:
+                with timers.phase("eval"):
+                    record["eval_end"] = _evaluate(policy_dir, recipe, stage_dir / "eval", metrics, ctx.step,
+                                                   prefix=f"eval/{stage.name}")
+            record.update(policy_dir=str(policy_dir), end_step=ctx.step)
+            results[stage.name] = record
+            tmp = stage_dir / "stage.json.tmp"
+            tmp.write_text(json.dumps({k: v for k, v in record.items() if not k.startswith("eval")} |
+                                      {k: _eval_brief(v) for k, v in record.items() if k.startswith("eval")}, indent=2))
+            tmp.replace(done_file)
+        metrics.log(dict(timers.totals), step=ctx.step)
+        return _summary(run_dir, policy_dir, results, timers)
     finally:
         metrics.close()
+
+
+def _eval_brief(result: dict) -> dict:
+    """Mean + per-task success of an eval.json (idempotent: a brief stays a brief)."""
+    tasks = {t: (v["success_rate"] if isinstance(v, dict) else v) for t, v in result["tasks"].items()}
+    return {"mean_success_rate": result["mean_success_rate"], "tasks": tasks}
 
 
 def _write_run_card(policy_dir: Path, recipe: Recipe) -> None:
@@ -181,7 +173,7 @@ def _write_run_card(policy_dir: Path, recipe: Recipe) -> None:
     tmp.replace(policy_dir / "run_card.json")
 
 
-def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: int) -> dict:
+def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: int, prefix: str = "eval") -> dict:
     from vlaforge.envs import resolve_tasks
     from vlaforge.platform.evaluation import eval_metrics, format_table, run_evaluation
 
@@ -189,25 +181,32 @@ def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: in
     result = run_evaluation(policy_dir, recipe.envs, recipe.eval, out_dir, tasks)
     print(format_table(result))
     if metrics is not None:
-        metrics.log(eval_metrics(result), step=step)
+        metrics.log(eval_metrics(result, prefix), step=step)
         for v in result["videos"][:8]:
-            metrics.log_video(f"eval/video/{Path(v).stem.split('_seed')[0]}", Path(v), step=step)
-        metrics.summary({"eval/mean_success_rate": result["mean_success_rate"]})
+            metrics.log_video(f"{prefix}/video/{Path(v).stem.split('_seed')[0]}", Path(v), step=step)
+        metrics.summary({f"{prefix}/mean_success_rate": result["mean_success_rate"]})
     return result
 
 
-def _summary(run_dir: Path, policy_dir: Path, result: dict | None, timers: Timers) -> dict:
+def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: Timers) -> dict:
     lines = ["", "=" * 72, f"run:         {run_dir.resolve()}", f"checkpoint:  {policy_dir.resolve()}"]
-    if result is not None:
-        lines.append(f"eval:        {(run_dir / 'eval' / 'eval.json').resolve()}")
-        lines.append(f"videos:      {(run_dir / 'eval' / 'videos').resolve()}")
-        per = ", ".join(f"{t} {v['success_rate']:.0%}" for t, v in result["tasks"].items())
-        lines.append(f"success:     mean {result['mean_success_rate']:.0%} ({per})")
+    for name, rec in results.items():
+        for key, label in (("eval_start", "start"), ("eval_end", "end")):
+            res = rec.get(key)
+            if res is not None:
+                per = ", ".join(f"{t} {v:.0%}" for t, v in _eval_brief(res)["tasks"].items())
+                lines.append(f"{name + ' ' + label + ':':<13}mean {res['mean_success_rate']:.0%} ({per})")
+        if "videos" in rec.get("eval_end", {}):
+            lines.append(f"{'':13}{(run_dir / name / 'eval' / 'eval.json').resolve()}")
+            lines.append(f"{'':13}videos: {(run_dir / name / 'eval' / 'videos').resolve()}")
     lines.append("time:        " + ", ".join(f"{k[5:-2]} {v:.0f}s" for k, v in timers.totals.items()))
     lines.append("=" * 72)
     print("\n".join(lines))
-    out = {"run_dir": str(run_dir), "policy_dir": str(policy_dir), "eval": result, **timers.totals}
-    (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in out.items() if k != "eval"}, indent=2))
+    out = {"run_dir": str(run_dir), "policy_dir": str(policy_dir),
+           "stages": {n: {k: (_eval_brief(v) if k.startswith("eval") else v) for k, v in r.items()}
+                      for n, r in results.items()},
+           **timers.totals}
+    (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -219,6 +218,10 @@ def _find_policy_dir(path: Path) -> Path:
         return path
     if (path / "policy" / "model.safetensors").exists():
         return path / "policy"
+    if (path / "summary.json").exists():  # a finished run: its final policy
+        final = Path(json.loads((path / "summary.json").read_text())["policy_dir"])
+        if (final / "model.safetensors").exists():
+            return final
     if path.is_dir():
         latest = ckpt.find_latest(path)
         if latest is not None and (latest / "policy" / "model.safetensors").exists():
