@@ -1,0 +1,235 @@
+"""PPO on action chunks: TensorDict in (flat samples [N] + model output), TensorDict of losses out.
+
+    ratio       = exp(log pi(chunk | s) - log pi_old(chunk | s))   log-probs over the EXECUTED positions
+    loss_objective = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A))
+    loss_critic    = value_coef * 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))
+    loss_entropy   = -entropy_coef * mean(H[pi(. | s)] over the executed positions)
+    loss_kl        = kl_coef * mean(KL(pi || pi_ref))   (analytic Gaussian KL, or k3 at the sampled chunk)
+
+The chunk is ONE action of a decision-level MDP (vlaforge/learners/advantages.py): its log-prob is the sum
+of the Gaussian log-densities of the positions that actually ran (``ACTION_PAD`` False), exactly what the
+rollout actor stored, so ratio == 1 when the weights did not move.
+
+Why not TorchRL's ``ClipPPOLoss`` (it fits one Gaussian action per step): (1) it builds the distribution
+from a ProbabilisticTensorDictModule and has no notion of a per-sample mask over the chunk positions --
+positions past an episode end or beyond n_action_steps never ran and must not count; (2) it calls the actor
+and the critic as two modules, i.e. two forward passes of our shared VLA backbone per minibatch, where one
+forward gives both; (3) its KL terms are to the old policy, not to a frozen reference (BC) policy. The maths
+and the output names (``loss_objective``, ``loss_critic``, ``loss_entropy``, ``clip_fraction``,
+``approx_kl``, ``explained_variance``) follow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tensordict import TensorDict, TensorDictBase
+
+from vlaforge import keys
+from vlaforge.learners import advantages as adv
+from vlaforge.learners.config import ClipObjectiveConfig, PPOConfig, TrainConfig
+from vlaforge.learners.registry import register_objective
+
+_MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps ratios finite (a chunk log-prob sums K x A dims)
+
+
+@dataclass
+class RLContext:
+    """What an objective's ``prepare`` may use beyond the batch: ranks, the all-reduce, the value net."""
+
+    rank: int = 0
+    world_size: int = 1
+    reduce: adv.Reducer = adv.identity_reducer  # all-reduce SUM over learner ranks
+    value_fn: adv.ValueFn | None = None  # raw observations [N] -> V (N, 1) with the current weights
+    update: int = 0  # index of the update about to run (critic warm-up)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _need(td: TensorDictBase, key: Any, shape: tuple[int, ...] | None, hint: str) -> torch.Tensor:
+    if key not in td.keys(include_nested=True):
+        raise KeyError(f"chunk PPO loss: missing {adv._name(key)!r} ({hint})")
+    x = td.get(key)
+    if shape is not None and tuple(x.shape) != shape:
+        raise ValueError(f"chunk PPO loss: {adv._name(key)} must be {shape}, got {tuple(x.shape)} ({hint})")
+    return x
+
+
+def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, ref_mean: torch.Tensor, ref_log_std: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std) || N(ref_mean, ref_std)) summed over A and the valid (B, K) positions -> (B,)."""
+    var_ratio = torch.exp(2 * (log_std - ref_log_std))
+    kl = ref_log_std - log_std + 0.5 * (var_ratio + ((mean - ref_mean) * torch.exp(-ref_log_std)).pow(2)) - 0.5
+    return (kl.sum(-1) * valid).sum(-1)
+
+
+class ChunkClipLoss(nn.Module):
+    """The clipped-ratio loss over chunks; with ``value_coef`` > 0 also the critic (PPO), else critic-free
+    (GRPO / RLOO). Holds the policy only to call its distribution helpers (not a submodule: no parameters)."""
+
+    uses_critic = False
+
+    def __init__(self, policy: nn.Module, cfg: ClipObjectiveConfig, value_coef: float = 0.0,
+                 value_clip: float | None = None):
+        super().__init__()
+        object.__setattr__(self, "_policy", policy)
+        self.cfg = cfg
+        self.eps_low, self.eps_high = cfg.clip_epsilon, cfg.clip_epsilon_high or cfg.clip_epsilon
+        self.value_coef, self.value_clip = float(value_coef), value_clip
+        self.policy_enabled = True  # False during critic warm-up: policy terms are reported but detached
+
+    @property
+    def policy(self) -> nn.Module:
+        return self._policy
+
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        mean = _need(td, keys.ACTION_MEAN, None, "merge the model output into the samples")
+        if mean.ndim != 3:
+            raise ValueError(f"chunk PPO loss: {keys.ACTION_MEAN} must be (B, K, A), got {tuple(mean.shape)}")
+        b, k, a = mean.shape
+        _need(td, keys.ACTION_LOG_STD, (b, k, a), "model output")
+        chunk = _need(td, keys.ACTION_CHUNK, (b, k, a), "the normalised chunk as sampled; policy chunk_size / "
+                      "action_dim must match the rollout's")
+        pad = _need(td, keys.ACTION_PAD, (b, k), "True = position not executed, as stored by the rollout actor").bool()
+        old_lp = _need(td, keys.LOG_PROB, (b,), "old log-prob of the chunk over the executed positions (B,)").float()
+        advantage = _need(td, keys.ADVANTAGE, None, "run the objective's prepare() (GAE / group advantages)")
+        if advantage.numel() != b:
+            raise ValueError(f"chunk PPO loss: {keys.ADVANTAGE} must be (B,) or (B, 1) with B={b}, got {tuple(advantage.shape)}")
+        advantage = advantage.reshape(b).float()
+        valid = (~pad).to(mean.dtype)  # (B, K)
+
+        new_lp = self.policy.log_prob(td, chunk, pad).float()  # (B,)
+        log_ratio = (new_lp - old_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+        ratio = torch.exp(log_ratio)  # (B,)
+        clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
+        surrogate = torch.minimum(ratio * advantage, clipped * advantage)  # (B,)
+        entropy = self.policy.entropy(td, pad).float()  # (B,) nats per chunk (executed positions)
+
+        out: dict[str, torch.Tensor] = {}
+        pol_terms = {"loss_objective": -surrogate.mean(), "loss_entropy": -self.cfg.entropy_coef * entropy.mean()}
+        kl = self._kl(td, new_lp, valid) if self.cfg.kl_coef > 0 else None
+        pol_terms["loss_kl"] = self.cfg.kl_coef * kl.mean() if kl is not None else torch.zeros((), device=mean.device)
+        for name, term in pol_terms.items():
+            out[name] = term if self.policy_enabled else term.detach() * 0.0
+        if self.uses_critic:
+            out.update(self._critic(td, b))
+
+        with torch.no_grad():  # diagnostics (TorchRL names)
+            lr = log_ratio.detach()
+            out["clip_fraction"] = ((ratio < 1.0 - self.eps_low) | (ratio > 1.0 + self.eps_high)).float().mean()
+            out["approx_kl"] = ((torch.exp(lr) - 1.0) - lr).mean()  # k3 estimate of KL(old || new)
+            out["entropy"] = entropy.detach().mean()
+            out["ratio_mean"], out["ratio_max"] = ratio.detach().mean(), ratio.detach().max()
+            out["log_std_mean"] = td.get(keys.ACTION_LOG_STD).detach().float().mean()
+            if kl is not None:
+                out["kl_ref"] = kl.detach().mean()
+        return TensorDict(out, batch_size=[])
+
+    def _kl(self, td: TensorDictBase, new_lp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        b, k, a = td.get(keys.ACTION_MEAN).shape
+        hint = "reference policy output: the learner precomputes it when kl_coef > 0"
+        ref_mean = _need(td, keys.REF_ACTION_MEAN, (b, k, a), hint).float()
+        ref_log_std = _need(td, keys.REF_ACTION_LOG_STD, (b, k, a), hint).float()
+        if self.cfg.kl_estimator == "analytic":
+            return gaussian_kl(td.get(keys.ACTION_MEAN).float(), td.get(keys.ACTION_LOG_STD).float(),
+                               ref_mean, ref_log_std, valid)
+        ref = TensorDict({keys.ACTION_MEAN: ref_mean, keys.ACTION_LOG_STD: ref_log_std}, batch_size=[b])
+        ref_lp = self.policy.log_prob(ref, td.get(keys.ACTION_CHUNK), td.get(keys.ACTION_PAD).bool()).float()
+        log_r = (ref_lp - new_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # log p_ref / p at the sampled chunk
+        return torch.exp(log_r) - 1.0 - log_r  # k3 >= 0, unbiased for KL(pi || ref) under pi's samples
+
+    def _critic(self, td: TensorDictBase, b: int) -> dict[str, torch.Tensor]:
+        hint = "PPO needs the policy built with value_head=True and the objective's prepare() targets"
+        value = _need(td, keys.VALUE, (b, 1), hint).float()
+        target = _need(td, keys.VALUE_TARGET, (b, 1), hint).float()
+        err = (value - target).pow(2)
+        if self.value_clip is not None:
+            old = _need(td, keys.OLD_VALUE, (b, 1), "value at sampling time (value_clip set)").float()
+            v_clip = old + (value - old).clamp(-self.value_clip, self.value_clip)
+            err = torch.maximum(err, (v_clip - target).pow(2))
+        out = {"loss_critic": self.value_coef * 0.5 * err.mean()}
+        with torch.no_grad():
+            var_t = target.var(unbiased=False)
+            out["explained_variance"] = 1.0 - (target - value).var(unbiased=False) / var_t.clamp_min(1e-8)
+            out["value_mean"] = value.mean()
+        return out
+
+
+# -- PPO: GAE on this rank's rows of the rollout batch ------------------------------------------------
+SAMPLE_KEYS = (keys.OBS, keys.ACTION_CHUNK, keys.ACTION_PAD, keys.LOG_PROB, keys.ADVANTAGE)
+
+
+def shard_rows(n: int, rank: int, world_size: int, what: str) -> torch.Tensor:
+    """Contiguous, balanced (+-1) slice of range(n) for this rank (int64 indices)."""
+    if n < world_size:
+        raise ValueError(f"{what}: {n} rows cannot be split over {world_size} learner ranks; sample more "
+                         "(rollout.num_actors x envs_per_actor) or use fewer learners")
+    return torch.tensor_split(torch.arange(n), world_size)[rank]
+
+
+class PPOObjective(ChunkClipLoss):
+    uses_critic = True
+
+    def __init__(self, policy: nn.Module, cfg: PPOConfig):
+        super().__init__(policy, cfg, value_coef=cfg.value_coef, value_clip=cfg.value_clip)
+        head = getattr(policy, "value", None)
+        if head is None:
+            raise ValueError("objective 'ppo' needs a critic: build the policy with policy.value_head = true "
+                             "(RLLearnerActor.setup_rl does so when it loads a BC checkpoint)")
+        self.reward_norm = adv.RunningReturnStd()
+        self.detach_value_input = not cfg.value_backbone_grad
+        # Critic warm-up / value_backbone_grad=False: the value head sees a detached readout, so the value
+        # loss moves the value head only, never the shared backbone the actor reads.
+        head.register_forward_pre_hook(lambda _m, args: tuple(x.detach() for x in args) if self.detach_value_input else None)
+
+    def set_update(self, update: int) -> None:
+        warm = update < self.cfg.critic_warmup_updates
+        self.policy_enabled = not warm
+        self.detach_value_input = warm or not self.cfg.value_backbone_grad
+
+    def prepare(self, batch: TensorDictBase, ctx: RLContext) -> tuple[TensorDictBase, dict[str, float]]:
+        """Full rollout batch [B, T] (the same on every rank) -> this rank's samples [N] with ADVANTAGE,
+        VALUE_TARGET, OLD_VALUE (N, 1). Advantage / reward statistics are global (``ctx.reduce``)."""
+        cfg: PPOConfig = self.cfg
+        b, t = adv.batch_dims(batch, "ppo")
+        if keys.VALUE not in batch.keys():
+            raise KeyError("ppo: the rollout batch has no state_value: the rollout actors must run a policy with a "
+                           "value head (export the RL learner's policy after setup_rl and build the pool from it)")
+        shard = batch[shard_rows(b, ctx.rank, ctx.world_size, "ppo")]  # [B_r, T] (a copy)
+        flags = adv.step_flags(shard, "ppo")
+        metrics: dict[str, float] = {}
+        if cfg.normalize_reward:
+            returns = adv.discounted_returns(flags[keys.REWARD], flags[keys.DONE], flags[keys.EXEC_STEPS], cfg.gamma)
+            self.reward_norm.update(returns, reduce=ctx.reduce)
+            shard.set((keys.NEXT, keys.REWARD), flags[keys.REWARD] * self.reward_norm.scale)
+            metrics["reward_scale"] = self.reward_norm.scale
+        metrics["bootstrap_frac"] = float(ctx.reduce(adv.bootstrap_mask(shard).sum().double())) / (b * t)
+        adv.gae(shard, cfg.gamma, cfg.gae_lambda, ctx.value_fn)
+        a, target, old = shard.get(keys.ADVANTAGE), shard.get(keys.VALUE_TARGET), shard.get(keys.VALUE).float()
+        ones = torch.ones_like(a, dtype=torch.bool)
+        a_mean, a_std = adv.masked_mean_std(a, ones, ctx.reduce)
+        t_mean, t_std = adv.masked_mean_std(target, ones, ctx.reduce)
+        _, res_std = adv.masked_mean_std(target - old, ones, ctx.reduce)
+        metrics.update(advantage_mean=float(a_mean), advantage_std=float(a_std), value_target_mean=float(t_mean),
+                       explained_variance_rollout=float(1.0 - res_std**2 / max(float(t_std) ** 2, 1e-8)))
+        if cfg.normalize_advantage:
+            shard.set(keys.ADVANTAGE, adv.normalize_advantages(a, ones, ctx.reduce))
+        samples = shard.select(*SAMPLE_KEYS, keys.VALUE_TARGET).reshape(-1)  # [B_r * T]
+        samples.set(keys.OLD_VALUE, old.reshape(-1, 1))
+        return samples, metrics
+
+    def state_dict_rl(self) -> dict[str, Any]:
+        return {"reward_norm": self.reward_norm.state_dict()}
+
+    def load_state_dict_rl(self, state: dict[str, Any]) -> None:
+        self.reward_norm.load_state_dict(state["reward_norm"])
+
+
+@register_objective("ppo")
+def make_ppo(train: TrainConfig, policy: nn.Module) -> nn.Module:
+    return PPOObjective(policy, train.ppo)
+
+
+make_ppo.rl, make_ppo.uses_critic = True, True  # type: ignore[attr-defined] -- read by RLLearnerActor.setup_rl
