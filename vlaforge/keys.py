@@ -31,6 +31,7 @@ VALUE = "state_value"  # float32 (B, 1): TorchRL's default value key
 POLICY_VERSION = "policy_version"  # int64 (B,): weights version that produced the step
 REPLANNED = "replanned"  # bool (B,): the policy planned a new chunk at this step (PolicyRunner)
 CHUNK_STEP = "chunk_step"  # int64 (B,): index of this step's action inside its chunk (PolicyRunner)
+EXEC_STEPS = "exec_steps"  # int64 (B,): env steps one policy decision (a chunk) covered (rollouts)
 
 # -- prepared model inputs (processor output, model input) -------------------------------------------
 PIXELS = "pixels"  # float32 (B, V, 3, H, W) in [0, 1]
@@ -42,6 +43,12 @@ TARGET_CHUNK = "target_chunk"  # float32 (B, K, A): normalised target actions (B
 # -- model outputs -----------------------------------------------------------------------------------
 ACTION_MEAN = "action_mean"  # float32 (B, K, A), normalised action space
 ACTION_LOG_STD = "action_log_std"  # float32 (B, K, A)
+
+# -- reward model (vlaforge/policies/reward_model.py) ------------------------------------------------
+RM_LOGIT = "rm_logit"  # float32 (B,): success logit (kind "success") or per-frame score (kind "preference")
+RM_TARGET = "rm_target"  # float32 (B,): label in [0, 1]; 1 = the frame shows success, soft = progress
+RM_REWARD = "rm_reward"  # float32 (B, 1) under "next": the reward model's reward for that decision
+ENV_REWARD = "env_reward"  # float32 (B, 1) under "next": the simulator's reward, kept when the RM replaces it
 
 # -- episode bookkeeping -------------------------------------------------------------------------------
 EPISODE_INDEX = "episode_index"  # int64

@@ -1,4 +1,4 @@
-"""Typed config of evaluation (the ``eval:`` block of a recipe)."""
+"""Typed configs of the actors: evaluation (the ``eval:`` block) and RL rollouts (the ``rollout:`` block)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,32 @@ class EvalConfig(StrictModel):
     instructions: Literal["train", "heldout", "all"] = "train"  # paraphrases used at evaluation
     videos_per_task: int = Field(1, ge=0)  # rollout videos saved per task (mp4)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # Wilson interval level
+
+
+class RolloutConfig(StrictModel):
+    """RL rollouts (the ``rollout:`` block): K actors x B simulators, T policy decisions per sample call.
+
+    One trajectory time step is one policy DECISION: a chunk of ``policy.n_action_steps`` actions run
+    open-loop (vlaforge/actors/rollout.py), so one sample call covers up to T x n_action_steps env steps.
+    """
+
+    num_actors: int = Field(2, ge=1)  # K rollout actors (Ray processes)
+    envs_per_actor: int = Field(4, ge=1)  # B simulators per actor; inference is batched over them
+    steps_per_sample: int = Field(16, ge=1)  # T policy decisions per sample call -> TensorDict [B, T]
+    # "sync": every actor samples with weights v and a batch never mixes versions (on-policy PPO).
+    # "async": requests stay in flight while the learner trains; each row is tagged with its version and
+    # results older than max_policy_lag versions are dropped (counted) and re-requested.
+    mode: Literal["sync", "async"] = "sync"
+    max_policy_lag: int = Field(1, ge=0)  # async only: accepted lag = latest version - data version
+    # Actor deaths (or envs that keep failing) tolerated over the run before it fails with a clear message.
+    max_restarts: int = Field(5, ge=0)
+    # Env recreations inside one sample call (an env that raised) before the actor gives up on that call
+    # and reports a RolloutEnvError (then the pool restarts the actor, counted in max_restarts).
+    max_env_retries: int = Field(2, ge=0)
+    # Weight transport to the actors: "object_store" (CPU clusters, zero-copy ray.put) or "collective"
+    # (torch.distributed group from learner rank 0; GPU actors).
+    broadcast: Literal["object_store", "collective"] = "object_store"
+    deterministic: bool = False  # False: sample chunks from the policy's Gaussian (RL exploration)
+    cpus_per_actor: float = Field(1.0, gt=0)  # Ray CPU resources per actor (placement group bundle)
+    threads_per_actor: int = Field(1, ge=1)  # torch intra-op threads inside an actor
+    seed: int | None = None  # seeds of resets and action noise; null: the recipe's seed

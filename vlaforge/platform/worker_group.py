@@ -87,13 +87,15 @@ class WorkerGroup:
 
         bundle_nodes = placement_group_table(self._pg)["bundles_to_node_id"]  # {bundle index: node id}
         master_addr, master_port = self._rendezvous(bundle_nodes[0])
-        remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        self.actors: list[ray.actor.ActorHandle] = []
+        self._remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
+        self._resources = (float(cpus_per_worker), float(gpus_per_worker))
+        self._init_args, self._init_kwargs = tuple(init_args), dict(init_kwargs or {})
+        self._rank_env: list[dict[str, str]] = []
         for rank in range(num_workers):
             node = bundle_nodes[rank]
             local_rank = sum(1 for r in range(rank) if bundle_nodes[r] == node)
             local_world = sum(1 for r in range(num_workers) if bundle_nodes[r] == node)
-            env = {
+            self._rank_env.append({
                 **process_env(),
                 **(env_vars or {}),
                 "MASTER_ADDR": master_addr,
@@ -104,17 +106,30 @@ class WorkerGroup:
                 # seen inside the actor is 0 whatever the node-local position (OpenRLHF does the same).
                 "LOCAL_RANK": "0" if gpus_per_worker > 0 else str(local_rank),
                 "LOCAL_WORLD_SIZE": str(local_world),
-            }
-            actor = remote_cls.options(
-                num_cpus=cpus_per_worker,
-                num_gpus=gpus_per_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=rank
-                ),
-                runtime_env={"env_vars": env},
-                name=None,
-            ).remote(*init_args, **(init_kwargs or {}))
-            self.actors.append(actor)
+            })
+        self.actors: list[ray.actor.ActorHandle] = [self._spawn(rank) for rank in range(num_workers)]
+
+    def _spawn(self, rank: int, **init_kwargs: Any) -> ray.actor.ActorHandle:
+        """Start rank ``rank``'s actor in its bundle, with its env vars (init kwargs override the group's)."""
+        cpus, gpus = self._resources
+        return self._remote_cls.options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=rank),
+            runtime_env={"env_vars": self._rank_env[rank]},
+            name=None,
+        ).remote(*self._init_args, **{**self._init_kwargs, **init_kwargs})
+
+    def restart(self, rank: int, **init_kwargs: Any) -> ray.actor.ActorHandle:
+        """Replace rank ``rank``'s actor (dead or alive) by a fresh one in the same bundle, same env vars."""
+        if not 0 <= rank < len(self.actors):
+            raise ValueError(f"{self.name}.restart: rank {rank} not in [0, {len(self.actors)})")
+        try:
+            ray.kill(self.actors[rank], no_restart=True)  # frees the bundle's CPUs for the new actor
+        except Exception:  # noqa: BLE001 -- already dead is fine
+            pass
+        self.actors[rank] = self._spawn(rank, **init_kwargs)
+        return self.actors[rank]
 
     @staticmethod
     def _rendezvous(node_id: str) -> tuple[str, int]:

@@ -1,0 +1,261 @@
+"""RolloutPool: K rollout actors in one placement group, sync or async sampling, restarts of dead actors.
+
+```
+driver                               WorkerGroup (placement group, bundle k = actor k)
+  handle v = publisher.publish(..)
+  pool.sample(handle v) --sample(v)--> actor 0: load v if newer, B sims x T decisions -> RolloutResult
+                        --sample(v)--> actor 1: ...
+       <-- RolloutBatch: TensorDict [K*B, T] (rows of actor k at k*B..), episode stats, metrics
+```
+- sync: every actor samples with version v; a failed request is re-run with the SAME handle, so a batch
+  never mixes versions and always has K*B rows.
+- async: one request per actor stays in flight between calls (actors sample while the learner trains).
+  A call collects K results as they arrive, resubmitting each actor at once with the newest handle; a
+  result whose lag (newest version - its version) exceeds ``max_policy_lag`` is dropped and counted.
+- faults: an actor that dies (segfault, os.kill, ray.kill, OOM) or whose env kept failing
+  (``RolloutEnvError``) is replaced in its bundle (``WorkerGroup.restart``) with a new seed stream; the
+  handle travels with every request, so its first sample loads the newest weights. Its lost request
+  counts as dropped: B x T trajectory steps (an upper bound: the partial trajectory died with the
+  process). Other exceptions are bugs and raise at once. More than ``max_restarts`` restarts over the
+  pool's life raise ``RolloutPoolError``.
+Counters are cumulative over the pool's life and each event is counted once, where it is observed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+from tensordict import TensorDict
+
+from vlaforge import keys
+from vlaforge.actors.config import RolloutConfig
+from vlaforge.actors.rollout import PolicySource, RolloutEnvError, RolloutWorker
+from vlaforge.actors.trajectory import EpisodeStats, RolloutResult
+from vlaforge.envs.config import EnvConfig
+from vlaforge.platform.weights import CollectiveBroadcaster, WeightsHandle, WeightSubscriber
+from vlaforge.platform.worker_group import WorkerGroup
+
+log = logging.getLogger(__name__)
+
+
+class RolloutPoolError(RuntimeError):
+    """The rollout pool cannot go on (restart budget exhausted, or an actor raised a non-recoverable error)."""
+
+
+@dataclass
+class RolloutBatch:
+    data: TensorDict  # [N*B, T]: N results (K in sync mode) concatenated along the env dim
+    episodes: EpisodeStats  # episodes that ended inside this batch's trajectories
+    versions: list[int]  # policy version of each result, in row-block order
+    ranks: list[int]  # actor of each result, in row-block order
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _restartable(err: BaseException) -> bool:
+    """Actor death, or an env that kept failing: replace the actor. Anything else is a bug to surface."""
+    return isinstance(err, RayActorError) or isinstance(_cause(err), RolloutEnvError)
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The actor-side exception inside a RayTaskError (an actor death has none: the error itself)."""
+    return (err.cause or err) if isinstance(err, RayTaskError) else err
+
+
+class RolloutPool:
+    def __init__(
+        self,
+        env_cfg: EnvConfig,
+        policy: PolicySource,
+        cfg: RolloutConfig,
+        tasks: list[str] | None = None,
+        *,
+        seed: int = 0,
+        worker_cls: type = RolloutWorker,
+        name: str = "rollout",
+    ):
+        self.cfg = cfg if cfg.seed is not None else cfg.model_copy(update={"seed": seed})
+        self.num_actors, self.envs_per_actor = cfg.num_actors, cfg.envs_per_actor
+        init_kwargs = dict(
+            env_cfg=env_cfg.model_dump(mode="json"),
+            policy=policy,
+            cfg=self.cfg.model_dump(mode="json"),
+            tasks=list(tasks or env_cfg.tasks),
+            weights=WeightSubscriber(),  # collective: replaced by join_weight_group()
+        )
+        self.group = WorkerGroup(
+            worker_cls, cfg.num_actors, cpus_per_worker=cfg.cpus_per_actor, name=name, init_kwargs=init_kwargs
+        )
+        self._incarnation = [0] * cfg.num_actors
+        self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
+        self._latest_version = 0
+        self._last_return = time.perf_counter()
+        self.counters = {"actor_restarts": 0, "dropped_steps": 0, "dropped_env_steps": 0, "env_restarts": 0,
+                         "dropped_stale_steps": 0, "stale_results": 0}
+        self._needs_weight_group = cfg.broadcast == "collective"
+        try:  # wait until every actor built its env and policy: a bad recipe fails here, clearly
+            self.group.call("info")
+        except Exception as e:
+            self.group.shutdown()
+            raise RolloutPoolError(f"rollout actors failed to start: {e}") from e
+
+    # -- weights (collective path) ----------------------------------------------------------------------
+    def join_weight_group(self, master_addr: str, master_port: int, backend: str = "nccl", **kw: Any) -> list[ray.ObjectRef]:
+        """Collective broadcast: actor k joins as group rank k+1 (rank 0 = learner rank 0). Returns the refs
+        to wait on TOGETHER with the learner's own ``CollectiveBroadcaster(rank=0, ...)`` construction.
+        Call again after an actor restart (the old group lost a member): ``needs_weight_group`` says when."""
+        refs = []
+        for k, actor in enumerate(self.group.actors):
+            factory = functools.partial(CollectiveBroadcaster, rank=k + 1, world_size=self.num_actors + 1,
+                                        master_addr=master_addr, master_port=master_port, backend=backend, **kw)
+            refs.append(actor.set_weights.remote(factory))
+        self._needs_weight_group = False
+        return refs
+
+    @property
+    def needs_weight_group(self) -> bool:
+        return self._needs_weight_group
+
+    def receive_weights(self) -> list[ray.ObjectRef]:
+        """Collective broadcast: start every actor's receive; wait on it together with the learner's publish."""
+        return [a.load_weights.remote(None) for a in self.group.actors]
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def sample(self, handle: WeightsHandle | None) -> RolloutBatch:
+        """One batch of trajectories produced with ``handle`` (sync) or recent versions (async)."""
+        version = 0 if handle is None else int(handle.version)
+        if version < self._latest_version:
+            raise ValueError(f"RolloutPool.sample: handle v{version} is older than v{self._latest_version} already used")
+        if self._needs_weight_group:
+            raise RolloutPoolError("rollout.broadcast='collective': call join_weight_group() first (again after an "
+                                   "actor restart: the old group lost a member) and broadcast the weights")
+        self._latest_version, self._latest = version, handle
+        t0 = time.perf_counter()
+        results = self._sample_sync(handle) if self.cfg.mode == "sync" else self._sample_async()
+        now = time.perf_counter()
+        rollout_s, interval_s = now - t0, now - self._last_return
+        self._last_return = now
+        return self._batch(results, rollout_s, interval_s if self.cfg.mode == "async" else rollout_s)
+
+    def _submit(self, rank: int, handle: WeightsHandle | None) -> ray.ObjectRef:
+        return self.group.actors[rank].sample.remote(handle)
+
+    def _sample_sync(self, handle: WeightsHandle | None) -> list[RolloutResult]:
+        pending = {self._submit(r, handle): r for r in range(self.num_actors)}
+        results: list[RolloutResult | None] = [None] * self.num_actors
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            rank = pending.pop(ref)
+            try:
+                results[rank] = self._take(ray.get(ref))
+            except (RayActorError, RayTaskError) as e:
+                self._on_failure(rank, e)
+                pending[self._submit(rank, handle)] = rank  # same handle: the batch stays one version
+        return results  # type: ignore[return-value]
+
+    def _sample_async(self) -> list[RolloutResult]:
+        busy = set(self._inflight.values())
+        for r in range(self.num_actors):
+            if r not in busy:
+                self._inflight[self._submit(r, self._latest)] = r
+        results: list[RolloutResult] = []
+        while len(results) < self.num_actors:
+            [ref], _ = ray.wait(list(self._inflight), num_returns=1)
+            rank = self._inflight.pop(ref)
+            try:
+                res = self._take(ray.get(ref))
+            except (RayActorError, RayTaskError) as e:
+                self._on_failure(rank, e)
+                self._inflight[self._submit(rank, self._latest)] = rank
+                continue
+            self._inflight[self._submit(rank, self._latest)] = rank  # keep it busy with the newest weights
+            lag = self._latest_version - res.version
+            if lag > self.cfg.max_policy_lag:
+                self.counters["stale_results"] += 1
+                self.counters["dropped_stale_steps"] += int(res.data.numel())
+                log.info("rollout: dropped a result of actor %d, v%d is %d versions behind v%d (max_policy_lag=%d)",
+                         rank, res.version, lag, self._latest_version, self.cfg.max_policy_lag)
+                continue
+            results.append(res)
+        return results
+
+    def _take(self, res: RolloutResult) -> RolloutResult:
+        """Account a successful result's own in-actor env failures (each counted once, here)."""
+        self.counters["dropped_steps"] += res.dropped_steps
+        self.counters["dropped_env_steps"] += res.dropped_env_steps
+        self.counters["env_restarts"] += res.env_restarts
+        return res
+
+    def _on_failure(self, rank: int, err: BaseException) -> None:
+        if not _restartable(err):
+            raise RolloutPoolError(f"rollout actor {rank} raised (not an actor death or env failure, so not "
+                                   f"restarted): {_cause(err)!r}") from err
+        cause = _cause(err)
+        if isinstance(cause, RolloutEnvError):  # the actor reports exactly what it discarded
+            self.counters["dropped_steps"] += cause.dropped_steps
+            self.counters["dropped_env_steps"] += cause.dropped_env_steps
+        else:  # died mid-request: its partial trajectory is gone with the process
+            self.counters["dropped_steps"] += self.envs_per_actor * self.cfg.steps_per_sample
+        self.counters["actor_restarts"] += 1
+        n, budget = self.counters["actor_restarts"], self.cfg.max_restarts
+        if n > budget:
+            raise RolloutPoolError(
+                f"rollout actor {rank} failed ({type(cause).__name__}: {cause}); that is restart {n} of this run and "
+                f"rollout.max_restarts={budget}: stopping. Fix the cause above or raise rollout.max_restarts."
+            ) from err
+        log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, cause, n, budget)
+        self._incarnation[rank] += 1
+        self.group.restart(rank, incarnation=self._incarnation[rank])
+        if self.cfg.broadcast == "collective":
+            self._needs_weight_group = True
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def _batch(self, results: list[RolloutResult], rollout_s: float, interval_s: float) -> RolloutBatch:
+        data = torch.cat([r.data for r in results], dim=0)  # [N*B, T]
+        episodes = EpisodeStats()
+        for r in results:
+            episodes.extend(r.episodes)
+        lags = (self._latest_version - data.get(keys.POLICY_VERSION)).float()  # (N*B, T)
+        env_steps = sum(r.env_steps for r in results)
+        m = {
+            "rollout/env_steps": float(env_steps),
+            "rollout/env_steps_per_s": env_steps / max(interval_s, 1e-9),
+            "rollout/policy_lag": float(lags.mean()),
+            "rollout/policy_lag_max": float(lags.max()),
+            "time/rollout_s": rollout_s,
+            "time/broadcast_s": max(r.timing.get("load_s", 0.0) for r in results),
+            "time/rollout_policy_s": max(r.timing.get("policy_s", 0.0) for r in results),
+            "time/rollout_env_s": max(r.timing.get("env_s", 0.0) for r in results),
+            **{f"rollout/{k}": float(v) for k, v in self.counters.items()},
+        }
+        if len(episodes):
+            m["rollout/episodes"] = float(len(episodes))
+            m["rollout/episode_return"] = sum(episodes.returns) / len(episodes)
+            m["rollout/episode_length"] = sum(episodes.lengths) / len(episodes)
+            m["rollout/success_rate"] = sum(episodes.successes) / len(episodes)
+        if self.cfg.mode == "async":
+            log.info("rollout: policy lag mean %.2f max %d (max_policy_lag=%d), %d stale results dropped so far",
+                     m["rollout/policy_lag"], m["rollout/policy_lag_max"], self.cfg.max_policy_lag,
+                     self.counters["stale_results"])
+        return RolloutBatch(data, episodes, [r.version for r in results], [r.rank for r in results], m)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def info(self) -> list[dict[str, Any]]:
+        """Per actor: rank, pid, incarnation, tasks, version held, env restarts (waits for busy actors)."""
+        return self.group.call("info")
+
+    def shutdown(self) -> None:
+        self._inflight.clear()
+        self.group.shutdown()
+
+    def __enter__(self) -> "RolloutPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
