@@ -37,7 +37,7 @@ def test_run_directory_holds_everything(tiny_run):
     assert "training data" in (run_dir / "run.log").read_text()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [3, 6]
-    assert any("eval/mean_success_rate" in r for r in rows) and any("time/learn_s" in r for r in rows)
+    assert any("eval/bc/mean_success_rate" in r for r in rows) and any("time/learn_s" in r for r in rows)
     assert all(k.split("/")[0] in {"train", "eval", "time", "system", "step", "time"} for r in rows for k in r)
     policy = run_dir / "bc" / "checkpoints" / "step-6" / "policy"
     assert (policy / "model.safetensors").exists() and (policy / "run_card.json").exists()
@@ -57,7 +57,7 @@ def test_eval_json_contents(tiny_run):
     assert {e["seed"] for e in res["episodes"]} == {1_000_000, 1_000_001}  # the fixed initial-state set
     assert res["mean_success_rate"] == pytest.approx(sum(t["success_rate"] for t in res["tasks"].values()) / 2)
     assert len(res["videos"]) == 2 and all(Path(v).stat().st_size > 0 for v in res["videos"])
-    assert summary["eval"]["mean_success_rate"] == res["mean_success_rate"]
+    assert summary["stages"]["bc"]["eval_end"]["mean_success_rate"] == res["mean_success_rate"]
 
 
 @pytest.mark.slow

@@ -57,8 +57,11 @@ class LearnerActor:
         dataset_path: str,
         policy_spec: PolicySpec | dict | None = None,
         episodes: list[int] | None = None,
+        init_policy: str | None = None,
     ) -> dict[str, Any]:
-        """Collective. ``policy_spec`` defaults to the dataset's shapes; ``episodes`` selects a split.
+        """Collective. ``policy_spec`` defaults to the dataset's shapes; ``episodes`` selects a split;
+        ``init_policy`` (an exported policy folder) gives the starting weights and processor (a stage
+        that continues a previous one) instead of a fresh initialisation.
         Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec}."""
         apply_process_env()
         self.train_cfg, self.policy_cfg = _model(train, TrainConfig), _model(policy, PolicyConfig)
@@ -85,6 +88,8 @@ class LearnerActor:
         seed_everything(self.train_cfg.seed)  # same seed on every rank: identical initial weights
         model = build_policy(self.policy_cfg, spec)
         self.processor = VLAProcessor.from_stats(self.policy_cfg, self.dataset.stats)
+        if init_policy is not None:
+            self.processor = _load_init(model, init_policy, self.policy_cfg, spec)
         self.objective = build_objective(self.train_cfg.objective, self.train_cfg, model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -215,6 +220,20 @@ class LearnerActor:
     def _write_policy(self, module: torch.nn.Module, directory: Path) -> None:
         save_pretrained(directory, module, self.processor, self.policy_cfg, self.spec,
                         extra={"global_step": self.global_step, "objective": self.train_cfg.objective})
+
+
+def _load_init(model: torch.nn.Module, directory: str, cfg: PolicyConfig, spec: PolicySpec) -> VLAProcessor:
+    """Copy an exported policy's weights into ``model``; the processor (normalisation) comes with them."""
+    from vlaforge.policies.io import load_pretrained
+
+    src, processor, src_cfg, src_spec, _ = load_pretrained(directory)
+    if src_cfg != cfg or src_spec != spec:
+        raise ValueError(
+            f"init policy {directory} was built with a different policy config or spec "
+            f"({src_cfg.model_dump()} / {src_spec}) than this stage ({cfg.model_dump()} / {spec})"
+        )
+    model.load_state_dict(src.state_dict())
+    return processor
 
 
 def _spec(x: PolicySpec | dict) -> PolicySpec:
