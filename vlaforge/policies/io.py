@@ -49,26 +49,34 @@ def save_pretrained(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint into a temp dir beside ``directory``, then swap it in (never half-written)."""
+    config = {"policy": cfg.model_dump(mode="json"), "spec": spec.to_dict()}
+    return write_checkpoint(directory, policy, config, processor.to_dict(), extra)
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    module: nn.Module,
+    config: dict[str, Any],
+    processor: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """The model-agnostic part of ``save_pretrained`` (also used by the reward model): safetensors weights,
+    ``config`` (+ version, ``extra``) as config.json and ``processor`` as processor.json, atomically."""
     target = Path(directory).resolve()
-    config = {
-        "vlaforge_version": _vlaforge_version(),
-        "policy": cfg.model_dump(mode="json"),
-        "spec": spec.to_dict(),
-        "extra": extra or {},
-    }
+    config = {"vlaforge_version": _vlaforge_version(), **config, "extra": extra or {}}
     try:
         config_text = json.dumps(config, indent=2)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_pretrained: `extra` must be JSON-serialisable ({e})") from e
     # safetensors needs contiguous, unshared CPU tensors.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in policy.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "vlaforge_version": _vlaforge_version()})
         (tmp / CONFIG_FILE).write_text(config_text)
-        (tmp / PROCESSOR_FILE).write_text(json.dumps(processor.to_dict(), indent=2))
+        (tmp / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
         for f in tmp.iterdir():  # durable before the rename makes them visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -107,24 +115,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_pretrained(
-    directory: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, VLAProcessor, PolicyConfig, PolicySpec, dict[str, Any]]:
-    """-> (policy in eval mode on ``device``, processor, cfg, spec, extra)."""
+def read_checkpoint(
+    directory: str | os.PathLike, required: tuple[str, ...]
+) -> tuple[Path, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """The model-agnostic part of ``load_pretrained``: -> (root, config.json, processor.json, CPU weights),
+    with an error naming the file when one is missing, not JSON, lacks a ``required`` entry or is corrupt."""
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root}")
     config = _read_json(root / CONFIG_FILE)
-    for field in ("policy", "spec"):
+    for field in required:
         if field not in config:
             raise ValueError(f"{root / CONFIG_FILE} has no {field!r} entry (keys: {sorted(config)})")
-    try:
-        cfg = PolicyConfig.model_validate(config["policy"])
-        spec = PolicySpec.from_dict(config["spec"])
-        processor = VLAProcessor.from_dict(_read_json(root / PROCESSOR_FILE))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{root}: invalid config.json / processor.json: {e}") from e
-
+    processor = _read_json(root / PROCESSOR_FILE)
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint file missing: {weights}")
@@ -132,13 +135,31 @@ def load_pretrained(
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"checkpoint file {weights} is corrupt or not a safetensors file ({e})") from e
+    return root, config, processor, state
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], root: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint file {root / WEIGHTS_FILE} does not match the model in {root / CONFIG_FILE}: {e}") from e
+
+
+def load_pretrained(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, VLAProcessor, PolicyConfig, PolicySpec, dict[str, Any]]:
+    """-> (policy in eval mode on ``device``, processor, cfg, spec, extra)."""
+    root, config, proc_dict, state = read_checkpoint(directory, required=("policy", "spec"))
+    try:
+        cfg = PolicyConfig.model_validate(config["policy"])
+        spec = PolicySpec.from_dict(config["spec"])
+        processor = VLAProcessor.from_dict(proc_dict)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{root}: invalid config.json / processor.json: {e}") from e
 
     # Pretrained backbones are overwritten by the checkpoint anyway: do not load their ImageNet weights.
     build_cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"pretrained": False})})
     policy = build_policy(build_cfg, spec)
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint file {weights} does not match the model in {root / CONFIG_FILE}: {e}") from e
+    load_state_strict(policy, state, root)
     policy.cfg = cfg
     return policy.to(device).eval(), processor, cfg, spec, config.get("extra", {})

@@ -1,0 +1,91 @@
+"""Typed config of the learned reward model (the ``reward_model:`` block of a recipe).
+
+Three groups of fields: the model (sizes; the VLA's own vision / language encoders are reused through
+their registries), its training data and optimisation (single process or DeepSpeed ranks), and how its
+output becomes the RL reward (``mode`` env | rm | mix, ``output`` level | delta | binary).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlaforge.config_base import StrictModel
+from vlaforge.policies.config import LanguageConfig, PolicyConfig, VisionConfig
+
+
+def _small_vision() -> VisionConfig:
+    # Half the VLA's default widths: a success classifier at 32-64 px needs far less than a policy.
+    return VisionConfig(channels=[16, 32, 64], keypoints=16)
+
+
+class RewardModelConfig(StrictModel):
+    enabled: bool = False
+    # "success": per-frame success classifier (BCE; soft labels = progress). "preference": Bradley-Terry
+    # over trajectory segments, a segment's score = the sum of per-frame scores (Christiano et al. 2017).
+    kind: Literal["success", "preference"] = "success"
+    model_dir: str | None = None  # a trained reward model (save_reward_model); null: train one in the run
+
+    # -- model --------------------------------------------------------------------------------------
+    dim: int = Field(64, ge=8)  # token width of the encoders and the fusion transformer
+    layers: int = Field(1, ge=1)  # fusion transformer depth
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # The state vector is off by default: with Meta-World's "full" state (object + goal positions) the
+    # success predicate is nearly a function of the state, and a reward that reads it is no longer a
+    # learned visual reward -- turn it on deliberately.
+    use_state: bool = False
+    state_std_min: float = Field(1e-2, gt=0.0)
+    vision: VisionConfig = Field(default_factory=_small_vision)
+    language: LanguageConfig = Field(default_factory=lambda: LanguageConfig(layers=0))
+    image_augment: Literal["none", "random_shift"] = "random_shift"  # training only
+    image_shift_pad: int = Field(2, ge=0)
+
+    # -- labeled data -------------------------------------------------------------------------------
+    # Frames of successful demos/rollouts: "success" = 1 at/after the first success frame, 0 before
+    # `negative_fraction` of the time to success, the frames in between are left out (they look almost
+    # like success: the predicate is a distance threshold); "progress" = t / t_success, clipped to 1.
+    demo_labels: Literal["success", "progress"] = "success"
+    negative_fraction: float = Field(0.6, gt=0.0, le=1.0)
+    balance: bool = True  # equal counts of positive and negative frames (minority oversampled)
+    max_frames_per_class: int = Field(4000, ge=1)
+    heldout_fraction: float = Field(0.25, ge=0.0, lt=1.0)  # episodes held out for AUROC / pair accuracy
+    segment_length: int = Field(8, ge=1)  # preference: frames per segment
+    num_pairs: int = Field(512, ge=1)  # preference: pairs drawn per labeled set
+    # Preference pairs within one successful episode (later segment preferred over an earlier one,
+    # "progress") vs across episodes of the same task (successful over failed).
+    progress_pair_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    score_reg: float = Field(1e-3, ge=0.0)  # preference: L2 on per-frame scores (BT is shift-invariant)
+
+    # -- optimisation (single process: train_reward_model; DeepSpeed ranks: RewardLearner) -----------
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(64, ge=1)  # frames (success) or pairs (preference)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    seed: int = 0
+
+    # -- reward shaping for RL -----------------------------------------------------------------------
+    # "env": the simulator's reward (the RM, if enabled, is still scored and logged next to it);
+    # "rm": the RM's reward only; "mix": (1 - mix_weight) * env + mix_weight * rm.
+    mode: Literal["env", "rm", "mix"] = "env"
+    mix_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # RM output -> reward of a decision (obs -> next obs): "level" = p(success | next obs);
+    # "delta" = p(next) - p(obs) (potential-based shaping, Ng et al. 1999); "binary" = p(next) >= threshold.
+    output: Literal["level", "delta", "binary"] = "level"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.dim % self.heads:
+            raise ValueError(f"reward_model.dim ({self.dim}) must be divisible by reward_model.heads ({self.heads})")
+        if self.mode != "env" and not self.enabled:
+            raise ValueError(f"reward_model.mode {self.mode!r} uses the reward model: set reward_model.enabled: true")
+        return self
+
+    def encoder_config(self) -> PolicyConfig:
+        """A PolicyConfig carrying the RM's sizes: the VLA's vision / language registries build from it."""
+        return PolicyConfig(dim=self.dim, layers=self.layers, heads=self.heads, dropout=self.dropout,
+                            vision=self.vision, language=self.language)
