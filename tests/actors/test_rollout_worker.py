@@ -84,7 +84,7 @@ def make_worker(backend: str, max_episode_steps: int = 7, policy=None, weights=N
     policy = policy or tiny_policy()
     env_cfg = EnvConfig(backend=backend, image_size=32, tasks=TASKS, state="proprio",
                         max_episode_steps=max_episode_steps, terminate_on_success=False)
-    cfg = RolloutConfig(envs_per_actor=2, steps_per_sample=4, seed=3, **cfg_over)
+    cfg = RolloutConfig(**{"envs_per_actor": 2, "steps_per_sample": 4, "seed": 3, **cfg_over})
     _, proc, pcfg, spec = policy
     return RolloutWorker(env_cfg, PolicySource.from_parts(pcfg, spec, proc), cfg, TASKS, weights or NoWeights(), rank=0)
 
@@ -106,6 +106,26 @@ def test_actor_tasks_and_policy_source():
         PolicySource(policy_dir="x", config={})
     with pytest.raises(ValueError, match="either policy_dir"):
         PolicySource(config={}, spec={})
+    assert actor_tasks(abc, rank=1, num_envs=4, group_size=2) == ["pick-place-v3"] * 2 + ["reach-v3"] * 2
+    with pytest.raises(ValueError, match="multiple of rollout.group_size"):
+        RolloutConfig(envs_per_actor=3, group_size=2)
+
+
+@pytest.mark.slow
+def test_group_rollouts_share_initial_states():
+    """GRPO: every call restarts the sims; G=2 sims of a group start from the same state, with one group id."""
+    w = make_worker("metaworld", max_episode_steps=50, group_size=2, steps_per_sample=2)
+    assert w.tasks == ["reach-v3", "reach-v3"]
+    r1, r2 = w.sample(), w.sample()
+    for r in (r1, r2):
+        gid = r.data[keys.GROUP_ID]
+        assert gid.shape == (2, 2) and (gid == gid[0, 0]).all()
+        assert torch.equal(r.data[keys.IMAGE][0, 0], r.data[keys.IMAGE][1, 0])  # same initial state
+        assert torch.equal(r.data[keys.PRIVILEGED][0, 0], r.data[keys.PRIVILEGED][1, 0])  # goal, objects
+        assert not torch.equal(r.data[keys.ACTION_CHUNK][0, 0], r.data[keys.ACTION_CHUNK][1, 0])  # own noise
+    assert r1.data[keys.GROUP_ID][0, 0] != r2.data[keys.GROUP_ID][0, 0]
+    assert not torch.equal(r1.data[keys.PRIVILEGED][0, 0], r2.data[keys.PRIVILEGED][0, 0])  # new goal per call
+    w.close()
 
 
 @pytest.mark.slow

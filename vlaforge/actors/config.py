@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlaforge.config_base import StrictModel
 
@@ -46,6 +46,16 @@ class RolloutConfig(StrictModel):
     # (torch.distributed group from learner rank 0; GPU actors).
     broadcast: Literal["object_store", "collective"] = "object_store"
     deterministic: bool = False  # False: sample chunks from the policy's Gaussian (RL exploration)
+    # GRPO / RLOO: G > 1 restarts every simulator at each sample call, G consecutive simulators sharing one
+    # initial state (task + reset seed); rows carry group_id. envs_per_actor must be a multiple of G.
+    group_size: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)  # Ray CPU resources per actor (placement group bundle)
     threads_per_actor: int = Field(1, ge=1)  # torch intra-op threads inside an actor
     seed: int | None = None  # seeds of resets and action noise; null: the recipe's seed
+
+    @model_validator(mode="after")
+    def _groups_fit(self):
+        if self.envs_per_actor % self.group_size:
+            raise ValueError(f"rollout.envs_per_actor ({self.envs_per_actor}) must be a multiple of rollout.group_size "
+                             f"({self.group_size}): every group of G simulators lives in one actor")
+        return self

@@ -23,8 +23,11 @@ Per decision t, the TensorDict [B, T] holds (keys from vlaforge.keys):
                              observation when the episode ended (bootstrapping on truncation)
     next/reward              float32 (B, T, 1)    sum over the executed steps
     next/done|terminated|truncated|success  bool (B, T, 1)   over the executed steps
+    group_id                 int64   (B, T)       only with rollout.group_size G > 1 (GRPO / RLOO)
 Simulators are auto-reset at decision boundaries with fresh seeds from the worker's seeded stream, and
 episodes continue across sample calls; episodes that ended in a call come back as ``EpisodeStats``.
+With G > 1 every call instead starts fresh episodes, G consecutive simulators sharing one initial state
+(task and reset seed), so row b's first episode is one of G rollouts from that state.
 A simulator that ended mid-chunk idles (zero action, results ignored) until the boundary.
 
 Env failures. An env that raises in step/reset is closed and recreated (fresh episodes from the seed
@@ -117,14 +120,14 @@ class PolicySource:
         return build_policy(cfg, spec).eval(), VLAProcessor.from_dict(self.processor), cfg, spec
 
 
-def actor_tasks(tasks: Sequence[str], rank: int, num_envs: int, one_task_per_actor: bool = False) -> list[str]:
-    """Tasks of one actor's B simulators: global slot g = rank * B + i runs tasks[g % len(tasks)]
-    (round-robin over the pool), or tasks[rank % len(tasks)] for every slot when the renderer needs one
-    scene per env (MuJoCo-Warp)."""
+def actor_tasks(tasks: Sequence[str], rank: int, num_envs: int, one_task_per_actor: bool = False, group_size: int = 1) -> list[str]:
+    """Tasks of one actor's B simulators: global group g = (rank * B + i) // G runs tasks[g % len(tasks)]
+    (round-robin over the pool; G = 1: per simulator), or tasks[rank % len(tasks)] for every slot when the
+    renderer needs one scene per env (MuJoCo-Warp)."""
     tasks = resolve_tasks(tasks)
     if one_task_per_actor:
         return [tasks[rank % len(tasks)]] * num_envs
-    return [tasks[(rank * num_envs + i) % len(tasks)] for i in range(num_envs)]
+    return [tasks[((rank * num_envs + i) // group_size) % len(tasks)] for i in range(num_envs)]
 
 
 class RolloutWorker:
@@ -159,7 +162,8 @@ class RolloutWorker:
         seed = self.cfg.seed or 0
         self._rng = np.random.default_rng([seed, self.rank, self.incarnation])  # reset seeds + action noise
         self._gen = torch.Generator(device=self.device).manual_seed(int(self._rng.integers(2**62)))
-        self.tasks = actor_tasks(tasks, self.rank, self.cfg.envs_per_actor, self.env_cfg.render_backend == "warp")
+        self.tasks = actor_tasks(tasks, self.rank, self.cfg.envs_per_actor, self.env_cfg.render_backend == "warp",
+                                 self.cfg.group_size)
         self.total_env_restarts = 0
         self.env = None
         self.env = self._make_env()  # failures here propagate: the pool sees a dead actor and restarts it
@@ -215,6 +219,16 @@ class RolloutWorker:
         """Append ``num_steps`` decision rows [B] to ``rows`` (the caller sees how far it got if the env fails)."""
         if self.env is None:
             self._recreate_env()
+        group_id = None
+        if self.cfg.group_size > 1:  # GRPO: fresh episodes, G simulators per initial state
+            g, n_groups = self.cfg.group_size, len(self.tasks) // self.cfg.group_size
+            self._episodes = EpisodeTracker(tuple(self.tasks))
+            try:
+                self._obs = self.env.reset(seeds=[s for s in self._seeds(n_groups) for _ in range(g)])
+            except Exception as e:  # noqa: BLE001
+                raise _EnvFailure(e) from e
+            base = int(self._rng.integers(2**62))  # ids unique across actors and calls (random 62-bit base)
+            group_id = base + torch.arange(len(self.tasks)) // g  # (B,)
         episodes = EpisodeStats()
         for _ in range(num_steps):
             obs = self._obs
@@ -232,7 +246,10 @@ class RolloutWorker:
             with torch.no_grad():
                 log_prob = self.policy.log_prob(out, chunk, pad.to(chunk.device)).cpu()  # (B,)
             value = out.get(keys.VALUE).cpu() if keys.VALUE in out.keys() else None
-            rows.append(decision_row(obs, chunk.cpu(), pad, log_prob, value, outcome, version))
+            row = decision_row(obs, chunk.cpu(), pad, log_prob, value, outcome, version)
+            if group_id is not None:
+                row.set(keys.GROUP_ID, group_id)
+            rows.append(row)
             done = self._episodes.add(outcome, episodes)
             t3 = time.perf_counter()
             if done.numel():  # auto-reset at the decision boundary, fresh seeds from our stream
