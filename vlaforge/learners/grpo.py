@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
 from vlaforge.learners import advantages as adv
@@ -56,7 +56,7 @@ def group_index(group_id: torch.Tensor, batch: int, min_size: int = 2) -> tuple[
     """group_id int (B,) or (B, T) -> (inverse index (B,) into 0..G-1, group sizes (G,))."""
     gid = group_id[:, 0] if group_id.ndim == 2 else group_id
     if gid.ndim != 1 or gid.shape[0] != batch or gid.is_floating_point():
-        raise ValueError(f"{keys.GROUP_ID} must be an integer (B,) or (B, T) tensor with B={batch}, got "
+        raise ValueError(f"{keys.GROUP_ID} must be an integer (B, T) (or (B,)) tensor with B={batch}, got "
                          f"{group_id.dtype} {tuple(group_id.shape)}: the rollout gives rows started from the same "
                          "initial state the same id")
     _, inv = torch.unique(gid, return_inverse=True)
@@ -128,7 +128,7 @@ class GRPOObjective(ChunkClipLoss):
         b, t = adv.batch_dims(batch, self.baseline)
         if keys.GROUP_ID not in batch.keys():
             raise KeyError(f"{self.baseline}: the batch has no {keys.GROUP_ID!r}: sample G rollouts per initial state "
-                           "and give rows of the same initial state the same id (int64 (B,))")
+                           "and give rows of the same initial state the same id (int64 (B, T), constant along T)")
         gid = batch.get(keys.GROUP_ID)
         scores, valid, success = trajectory_scores(batch, cfg.score, cfg.gamma)
         row_adv = group_advantages(scores, gid, self.baseline, cfg.std_eps, cfg.min_group_size)  # (B,)
@@ -138,11 +138,14 @@ class GRPOObjective(ChunkClipLoss):
         kept_groups = int(torch.unique(inv[keep]).numel())
         valid = valid & keep[:, None]  # (B, T)
 
-        samples = batch.select(*(k for k in SAMPLE_KEYS if k != keys.ADVANTAGE)).clone(recurse=False)
-        samples.set(keys.ADVANTAGE, row_adv[:, None, None].expand(b, t, 1).clone())
-        flat = samples.reshape(-1)[valid.reshape(-1)]  # [N] decisions of kept first episodes
-        n = flat.batch_size[0]  # fewer decisions than ranks: every rank gets none and the learner skips the update
-        mine = flat[shard_rows(n, ctx.rank, ctx.world_size, self.baseline)] if n >= ctx.world_size else flat[:0]
+        idx = valid.reshape(-1).nonzero().flatten()  # (N,) decisions of kept first episodes, row-major
+        n = int(idx.numel())
+        if n < ctx.world_size:  # too few (e.g. every group uniform): every rank gets none, the learner skips
+            mine = TensorDict({keys.ADVANTAGE: torch.zeros(0, 1)}, batch_size=[0])
+        else:
+            samples = batch.select(*(k for k in SAMPLE_KEYS if k != keys.ADVANTAGE)).clone(recurse=False)
+            samples.set(keys.ADVANTAGE, row_adv[:, None, None].expand(b, t, 1).clone())
+            mine = samples.reshape(-1)[idx[shard_rows(n, ctx.rank, ctx.world_size, self.baseline)]]
         metrics = {
             "groups": float(len(sizes)),
             "groups_kept": float(kept_groups),
@@ -150,7 +153,7 @@ class GRPOObjective(ChunkClipLoss):
             "score_mean": float(scores.mean()),
             "success_rate": float(success.float().mean()),
             "episode_end_frac": float(adv.step_flags(batch)[keys.DONE].any(1).float().mean()),  # ended within T
-            "decisions": float(flat.batch_size[0]),
+            "decisions": float(n),
         }
         return mine, metrics
 

@@ -68,6 +68,7 @@ class RLLearnerActor(LearnerActor):
         self.train_cfg = _model(train, TrainConfig)
         set_threads(self.train_cfg.threads_per_learner)
         import deepspeed
+        import torchrl.objectives.value.functional  # noqa: F401 -- ~1.8 s once, here rather than in the first update
 
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend=backend(self.train_cfg))
@@ -151,14 +152,14 @@ class RLLearnerActor(LearnerActor):
         ctx = RLContext(self.rank, self.world_size, self._all_sum, self._values, self.rl_update)
         samples, prep = obj.prepare(batch.to("cpu"), ctx)
         n = samples.batch_size[0]
-        n_min = self._min(n)
+        n_min = int(self._extreme(n, "MIN"))
         base = {f"train/{k}": float(v) for k, v in prep.items()}
         base.update({"train/update": float(self.rl_update), "train/critic_warmup": float(not obj.policy_enabled)})
         if keys.POLICY_VERSION in batch.keys():
             base["train/policy_lag"] = float(self.version - batch.get(keys.POLICY_VERSION).double().mean())
         if n_min == 0:  # e.g. dynamic sampling dropped every group: nothing to learn from, nothing changes
             return {**base, "train/skipped": 1.0, "train/step": float(self.global_step)}
-        t_prep = time.perf_counter() - t0
+        t_prep = self._extreme(time.perf_counter() - t0, "MAX")  # the slowest rank sets the pace
         if self.ref is not None:
             self._reference(samples)
         mbs = min(cfg.num_minibatches, n_min)  # the same number of optimizer steps on every rank
@@ -193,7 +194,7 @@ class RLLearnerActor(LearnerActor):
                     break
         self.rl_update += 1
         elapsed = time.perf_counter() - t0
-        t = self._all_sum(torch.tensor([elapsed], dtype=torch.float64)) / self.world_size
+        t = self._extreme(elapsed, "MAX")
         total = float(self._all_sum(torch.tensor([n * epochs], dtype=torch.float64)))
         metrics = {f"train/{k}": v for k, v in self._reduce_mean(sums, steps).items()}
         metrics.update(base)
@@ -202,11 +203,12 @@ class RLLearnerActor(LearnerActor):
                         "train/prepare_s": t_prep, "train/update_s": float(t), "train/step": float(self.global_step)})
         return metrics
 
-    def _min(self, n: int) -> int:
-        x = torch.tensor([float(n)], dtype=torch.float64)
+    def _extreme(self, v: float, op: str) -> float:
+        """min / max of a scalar over the ranks."""
+        x = torch.tensor([float(v)], dtype=torch.float64)
         if dist.is_initialized() and self.world_size > 1:
-            dist.all_reduce(x, op=dist.ReduceOp.MIN)
-        return int(x)
+            dist.all_reduce(x, op=getattr(dist.ReduceOp, op))
+        return float(x)
 
     # -- weights --------------------------------------------------------------------------------------
     def publish_weights(self) -> Any:
