@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -37,6 +37,9 @@ class StageConfig(StrictModel):
     init: str = "previous"
     eval_start: bool = True  # evaluate the starting policy (skipped when starting from scratch)
     eval_end: bool = True
+    # Recipe values for this stage only, as a partial recipe merged over the top-level one, e.g.
+    # {train: {objective: ppo, lr: 1.0e-4, steps: 40}, rollout: {num_actors: 2}}. Validated at load time.
+    set: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

@@ -185,13 +185,46 @@ def _check_tasks(recipe: Recipe, src: Source) -> None:
             raise RecipeError(f"invalid recipe:\n  {src.locate(('envs', 'tasks', str(i)))}: envs.tasks.{i}: {e}") from None
 
 
-def validate(data: dict[str, Any], src: Source) -> Recipe:
+def _validate(data: dict[str, Any], src: Source) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         lines = [_explain(err, src) for err in e.errors()]
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None
     _check_tasks(recipe, src)
+    return recipe
+
+
+def _stage_source(src: Source, i: int) -> Source:
+    """Locations for a stage's merged recipe: keys set by the stage point at its ``set:`` block."""
+    prefix = ("stages", str(i), "set")
+    out = Source(dict(src.where))
+    for path, where in src.where.items():
+        if path[: len(prefix)] == prefix and len(path) > len(prefix):
+            out.where[path[len(prefix):]] = where
+    return out
+
+
+def stage_recipe(recipe: Recipe, index: int, src: Source | None = None) -> Recipe:
+    """The recipe as stage ``index`` sees it: the top-level values with the stage's ``set:`` merged over."""
+    stage = recipe.stages[index]
+    if not stage.set:
+        return recipe
+    data = _merge(recipe.model_dump(mode="json"), stage.set)
+    data["stages"] = [s.model_dump(mode="json") for s in recipe.stages]
+    return _validate(data, _stage_source(src or Source(), index))
+
+
+def validate(data: dict[str, Any], src: Source) -> Recipe:
+    recipe = _validate(data, src)
+    for i, stage in enumerate(recipe.stages):
+        if "stages" in stage.set:
+            raise RecipeError(f"{src.locate(('stages', str(i), 'set', 'stages'))}: stages.{i}.set: a stage cannot set 'stages'")
+        try:
+            stage_recipe(recipe, i, src)  # errors in a stage's `set:` surface now, with their lines
+        except RecipeError as e:
+            msg = str(e).replace("invalid recipe:", f"invalid recipe (stage '{stage.name}', stages.{i}.set):", 1)
+            raise RecipeError(msg) from None
     return recipe
 
 
