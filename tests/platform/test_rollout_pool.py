@@ -1,0 +1,222 @@
+"""RolloutPool with real Ray actors on real Meta-World (32 px, B=2, T=2, tiny policy): versions in sync and
+async mode, restarts after ray.kill / os.kill with re-sync, env failures, the restart budget."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+import torch
+
+from vlaforge import keys
+from vlaforge.actors.config import RolloutConfig
+from vlaforge.actors.rollout import PolicySource, RolloutWorker
+from vlaforge.envs import EnvConfig
+from vlaforge.platform.rollout_pool import RolloutPool, RolloutPoolError
+from vlaforge.platform.weights import WeightPublisher
+from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
+
+pytestmark = pytest.mark.slow
+
+# The test module is not importable inside Ray workers (pytest importlib mode): ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+S, A, B, T = 4, 4, 2, 2
+# actor -> test signals (one machine); a fixed path, the same in the driver and in every actor process
+MARKERS = Path(tempfile.gettempdir()) / f"vlaforge-rollout-test-{os.getuid()}"
+MARKERS.mkdir(exist_ok=True)
+PCFG = PolicyConfig(dim=32, layers=1, heads=2, chunk_size=4, n_action_steps=2,
+                    vision={"channels": [8, 16], "keypoints": 4}, language={"vocab_size": 128, "max_tokens": 6, "layers": 1})
+SPEC = PolicySpec((1, 32, 32, 3), S, A)
+STATS = {"observation.state": {"mean": [0.0] * S, "std": [1.0] * S},
+         "action": {"mean": [0.0] * A, "std": [1.0] * A, "min": [-1.0] * A, "max": [1.0] * A}}
+
+
+FLAKY_STEPS = [0]  # env.step calls in this process, over every env instance
+
+
+def flaky_env(cfg, tasks, seed):
+    """Meta-World that raises on the process's 3rd env step and on every step from the 8th on."""
+    from vlaforge.envs.metaworld import make_metaworld_env
+
+    env = make_metaworld_env(cfg, tasks, seed)
+    step = env.step
+
+    def maybe_fail(action):
+        FLAKY_STEPS[0] += 1
+        n = FLAKY_STEPS[0]
+        if n == 3 or n >= 8:
+            raise RuntimeError(f"simulated simulator crash at step {n}")
+        return step(action)
+
+    env.step = maybe_fail
+    return env
+
+
+class MarkedWorker(RolloutWorker):
+    """RolloutWorker + the test-only env registered in the actor process, and a 'sample started' marker
+    (with an optional pause, so the test can kill the process mid-call)."""
+
+    def __init__(self, *args, **kwargs):
+        from vlaforge.envs.base import ENV_REGISTRY as registry  # the actor process's own registry (not a
+        # by-value copy of this module's global)
+
+        registry["test_flaky"] = flaky_env
+        super().__init__(*args, **kwargs)
+
+    def sample(self, handle=None, num_steps=None):
+        (MARKERS / f"{os.getpid()}.started").touch()
+        if (MARKERS / "pause").exists():
+            time.sleep(5.0)
+        return super().sample(handle, num_steps)
+
+
+def make_policy(seed: int):
+    torch.manual_seed(seed)
+    return build_policy(PCFG, SPEC).eval()
+
+
+def make_pool(mode: str = "sync", backend: str = "metaworld", num_actors: int = 2, **over) -> RolloutPool:
+    env_cfg = EnvConfig(backend=backend, image_size=32, tasks=["reach-v3", "push-v3"], state="proprio", max_episode_steps=5)
+    cfg = RolloutConfig(num_actors=num_actors, envs_per_actor=B, steps_per_sample=T, mode=mode, **over)
+    source = PolicySource.from_parts(PCFG, SPEC, VLAProcessor.from_stats(PCFG, STATS))
+    return RolloutPool(env_cfg, source, cfg, seed=7, worker_cls=MarkedWorker, name=f"rollout-{mode}-{backend}")
+
+
+def recomputed_log_prob(policy, data):
+    flat = data.reshape(-1)
+    proc = VLAProcessor.from_stats(PCFG, STATS)
+    with torch.no_grad():
+        out = policy(proc(flat, train=False))
+        return policy.log_prob(out, flat[keys.ACTION_CHUNK], pad=flat[keys.ACTION_PAD])
+
+
+@pytest.fixture(scope="module")
+def sync_pool(ray_cluster):
+    pool = make_pool("sync", max_restarts=3)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def learner():
+    """The learner side: a policy that 'trains' (changes) between versions, and the publisher."""
+    return {"policy": make_policy(123), "pub": WeightPublisher()}
+
+
+def train_and_publish(learner):
+    with torch.no_grad():
+        for p in learner["policy"].parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return learner["pub"].publish(learner["policy"])
+
+
+def test_sync_batches_carry_one_version_and_the_published_weights(sync_pool, learner):
+    for v in (1, 2):
+        handle = train_and_publish(learner)
+        batch = sync_pool.sample(handle)
+        assert handle.version == v and batch.versions == [v, v] and sorted(batch.ranks) == [0, 1]
+        assert batch.data.batch_size == (2 * B, T) and (batch.data[keys.POLICY_VERSION] == v).all()
+        # the actors' log-probs are the learner's own on the same data: the weights of v were loaded
+        torch.testing.assert_close(recomputed_log_prob(learner["policy"], batch.data),
+                                   batch.data.reshape(-1)[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
+    m = batch.metrics
+    assert m["rollout/policy_lag"] == 0 and m["rollout/actor_restarts"] == 0 and m["rollout/env_steps_per_s"] > 0
+    assert m["rollout/env_steps"] == float(batch.data[keys.EXEC_STEPS].sum()) and m["time/rollout_s"] > 0
+    assert "time/broadcast_s" in m and {i["version"] for i in sync_pool.info()} == {2}
+
+
+def test_ray_kill_between_calls_restarts_and_resyncs(sync_pool, learner):
+    import ray
+
+    before = sync_pool.info()
+    ray.kill(sync_pool.group.actors[1], no_restart=True)
+    handle = train_and_publish(learner)
+    batch = sync_pool.sample(handle)
+    assert batch.versions == [handle.version] * 2 and (batch.data[keys.POLICY_VERSION] == handle.version).all()
+    assert batch.metrics["rollout/actor_restarts"] == 1
+    after = sync_pool.info()
+    assert after[1]["incarnation"] == 1 and after[1]["pid"] != before[1]["pid"] and after[1]["version"] == handle.version
+    assert after[0]["pid"] == before[0]["pid"]
+    torch.testing.assert_close(recomputed_log_prob(learner["policy"], batch.data),
+                               batch.data.reshape(-1)[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
+
+
+def test_os_kill_mid_sample_restarts_discards_and_counts(sync_pool, learner):
+    pid = sync_pool.info()[0]["pid"]
+    marker = MARKERS / f"{pid}.started"
+    marker.unlink(missing_ok=True)
+    (MARKERS / "pause").touch()
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        (MARKERS / "pause").unlink(missing_ok=True)  # the replacement must not pause
+        os.kill(pid, signal.SIGKILL)  # the actor sits inside sample(): a death mid-call
+        killed.append(pid)
+
+    dropped_before = sync_pool.counters["dropped_steps"]
+    thread = threading.Thread(target=killer)
+    thread.start()
+    handle = train_and_publish(learner)
+    batch = sync_pool.sample(handle)
+    thread.join()
+    assert killed == [pid]
+    assert batch.versions == [handle.version] * 2 and (batch.data[keys.POLICY_VERSION] == handle.version).all()
+    assert batch.data.batch_size == (2 * B, T)
+    assert batch.metrics["rollout/actor_restarts"] == 2
+    assert sync_pool.counters["dropped_steps"] - dropped_before == B * T  # the lost request, counted once
+    info = sync_pool.info()[0]
+    assert info["pid"] != pid and info["incarnation"] == 1 and info["version"] == handle.version
+
+
+def test_a_bug_in_an_actor_is_raised_not_restarted(sync_pool, learner):
+    other = build_policy(PCFG.model_copy(update={"dim": 16, "heads": 2}), SPEC)  # a different architecture
+    bad = WeightPublisher(start_version=learner["pub"].version).publish(other)
+    with pytest.raises(RolloutPoolError, match=r"(?s)not restarted.*LayoutMismatch"):
+        sync_pool.sample(bad)
+    assert sync_pool.counters["actor_restarts"] == 2
+
+
+def test_async_mode_respects_the_staleness_bound(ray_cluster):
+    pub, policy = WeightPublisher(), make_policy(5)
+    with make_pool("async", max_policy_lag=1) as pool:
+        h1 = pub.publish(policy)
+        b1 = pool.sample(h1)
+        assert b1.versions == [1, 1]  # first call: submitted with v1
+        # Each actor was resubmitted with v1 as its result came in; the learner publishes v2 meanwhile. The
+        # first results of this call come from those v1 requests (lag 1 <= max_policy_lag: kept); a fast actor
+        # may already deliver a second, v2 result within the same call.
+        h2 = pub.publish(policy)
+        b2 = pool.sample(h2)
+        assert b2.versions[0] == 1 and set(b2.versions) <= {1, 2} and b2.metrics["rollout/policy_lag_max"] == 1
+        # Two versions later the K in-flight requests (v <= 2) are >= 2 behind: dropped, counted, re-requested
+        # with v4.
+        pub.publish(policy)
+        h4 = pub.publish(policy)
+        b4 = pool.sample(h4)
+        assert b4.versions == [4, 4] and b4.metrics["rollout/policy_lag_max"] == 0
+        assert b4.metrics["rollout/stale_results"] == 2 and b4.metrics["rollout/dropped_stale_steps"] == 2 * B * T
+        for b in (b1, b2, b4):  # every row that reached the learner was within the bound when it was returned
+            assert b.metrics["rollout/policy_lag_max"] <= 1
+
+
+def test_env_failures_recreate_then_the_restart_budget_stops_the_run(ray_cluster):
+    with make_pool("sync", backend="test_flaky", num_actors=1, max_restarts=0, max_env_retries=1) as pool:
+        batch = pool.sample(None)  # step 3 crashes: env recreated in the actor, the call starts over
+        assert batch.data.batch_size == (B, T) and batch.metrics["rollout/env_restarts"] == 1
+        assert batch.metrics["rollout/dropped_steps"] == B * 1  # one decision (B rows) was discarded
+        assert batch.metrics["rollout/dropped_env_steps"] == B * 2
+        with pytest.raises(RolloutPoolError, match=r"restart 1 of this run and rollout.max_restarts=0") as info:
+            pool.sample(None)  # from step 8 on every step crashes: RolloutEnvError -> restart -> over budget
+        assert "RolloutEnvError" in str(info.value) and "simulated simulator crash" in str(info.value)
+        assert pool.counters["actor_restarts"] == 1
