@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         size, sims, decisions, epochs, mbs = 64, 16, 16, 2, 4
         policy = PolicyConfig()
     spec = PolicySpec(image_shape=(1, size, size, 3), state_dim=39, action_dim=4)  # Meta-World, state "full"
-    train = TrainConfig(objective="ppo", batch_size=2, lr=1e-4, warmup_steps=0, lr_schedule="constant",
+    train = TrainConfig(objective="ppo", batch_size=2, lr=1e-5, warmup_steps=0, lr_schedule="constant",
                         threads_per_learner=args.threads, cpus_per_learner=args.threads,
                         ppo={"epochs": epochs, "num_minibatches": mbs, "kl_coef": 0.01})
     with tempfile.TemporaryDirectory() as tmp:

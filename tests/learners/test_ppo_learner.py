@@ -63,8 +63,9 @@ def _changed(a: dict, b: dict) -> set[str]:
 
 
 @pytest.mark.slow
-def test_ppo_warmup_update_publish_then_grpo(learners):
+def test_ppo_warmup_update_publish_checkpoint_then_grpo(learners, tmp_path):
     group, bc = learners
+    run_dir = tmp_path / "run"
     train = TrainConfig(objective="ppo", **BASE, ppo={"epochs": 2, "num_minibatches": 2, "kl_coef": 0.05,
                                                       "critic_warmup_updates": 1, "normalize_reward": True})
     info = group.call("setup_rl", train.model_dump(), str(bc), timeout=300)
@@ -108,6 +109,17 @@ def test_ppo_warmup_update_publish_then_grpo(learners):
     assert sub.maybe_load(replica, h2[0]) and sub.version == 2
     for name, p in replica.named_parameters():
         np.testing.assert_array_equal(p.detach().numpy(), s2[name], err_msg=name)
+
+    # Checkpoint: DeepSpeed state + RL state (update count, version, reward normaliser) restore exactly.
+    saved = group.call("save_checkpoint", str(run_dir), timeout=300)
+    at_save = group.call("state_checksums")
+    assert at_save[0]["rl"]["update"] == 2 and at_save[0]["rl"]["version"] == 2
+    assert at_save[0]["rl"]["objective"]["reward_norm"]["count"] == 2 * 4 * 3  # 2 updates x all B x T decisions
+    group.call("train_rl", ref, timeout=300)
+    assert group.call("state_checksums") != at_save
+    assert group.call("load_checkpoint", saved[0], timeout=300) == [at_save[0]["step"]] * 2
+    assert group.call("state_checksums") == at_save
+    assert group.call("publish_weights")[0].version == 3  # the restored weights go out as the next version
 
     # GRPO on the same ranks: group-relative advantages, no critic, a real update.
     grpo = TrainConfig(objective="grpo", **BASE, grpo={"epochs": 1, "num_minibatches": 2, "score": "return"})

@@ -66,6 +66,11 @@ class RLLearnerActor(LearnerActor):
         Returns {rank, world_size, num_params, num_trainable, value_head, objective, spec}."""
         apply_process_env()
         self.train_cfg = _model(train, TrainConfig)
+        if self.train_cfg.deepspeed.zero_stage == 3:
+            # ZeRO-3 gathers parameters collectively in every forward; the bootstrap-value forwards differ in
+            # number between ranks (each rank's own rows), so ranks would wait on each other forever.
+            raise ValueError("RL learners support train.deepspeed.zero_stage 0-2 (a VLA of this size needs no "
+                             "parameter partitioning); set zero_stage: 1")
         set_threads(self.train_cfg.threads_per_learner)
         import deepspeed
         import torchrl.objectives.value.functional  # noqa: F401 -- ~1.8 s once, here rather than in the first update
@@ -89,6 +94,8 @@ class RLLearnerActor(LearnerActor):
             config=ds_config(self.train_cfg, self.world_size),
             lr_scheduler=lambda opt: lr_scheduler(opt, self.train_cfg),
         )
+        if self.ref is not None:
+            self.ref.to(self.engine.device)
         seed_everything(self.train_cfg.seed + 1 + 1_000_003 * self.rank)
         self.rl_update, self.version, self._published_update = 0, int(start_version), -1
         self._publisher = None
@@ -127,7 +134,8 @@ class RLLearnerActor(LearnerActor):
         """REF_ACTION_MEAN / REF_ACTION_LOG_STD for every sample: once per update (the reference is frozen)."""
         means, stds = [], []
         for i in range(0, samples.batch_size[0], _EVAL_CHUNK):
-            out = self.ref(self.processor(samples[i : i + _EVAL_CHUNK].select(keys.OBS), train=False))  # float32 copy
+            obs = samples[i : i + _EVAL_CHUNK].select(keys.OBS)
+            out = self.ref(self.processor(obs, train=False, device=self.engine.device))  # float32, not DeepSpeed's
             means.append(out.get(keys.ACTION_MEAN).float().cpu())
             stds.append(out.get(keys.ACTION_LOG_STD).float().cpu())
         samples.set(keys.REF_ACTION_MEAN, torch.cat(means))
@@ -214,22 +222,14 @@ class RLLearnerActor(LearnerActor):
     def publish_weights(self) -> Any:
         """Rank 0: publish the trainable parameters (object store) -> WeightsHandle; other ranks: None.
         One version per update: calling again without an update returns the same handle. Call it on every
-        rank (``group.call``): under ZeRO-3 the parameters are gathered collectively."""
+        rank (``group.call``) so that every rank tracks the version."""
         from vlaforge.platform.weights import WeightPublisher
 
         if self.rank == 0 and self._publisher is None:
             self._publisher = WeightPublisher(trainable_only=True, start_version=self.version)
         if self._published_update == self.rl_update and (self.rank != 0 or self._publisher.latest is not None):
             return self._publisher.latest if self.rank == 0 else None
-        module, handle = self.engine.module, None
-        if self.train_cfg.deepspeed.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                if self.rank == 0:
-                    handle = self._publisher.publish(module)
-        elif self.rank == 0:
-            handle = self._publisher.publish(module)
+        handle = self._publisher.publish(self.engine.module) if self.rank == 0 else None  # ZeRO <= 2: full params
         self.version += 1  # every rank tracks the version (policy lag, checkpoints)
         self._published_update = self.rl_update
         return handle
