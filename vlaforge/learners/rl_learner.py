@@ -121,12 +121,8 @@ class RLLearnerActor(LearnerActor):
     @torch.no_grad()
     def _values(self, obs: TensorDictBase) -> torch.Tensor:
         """value_fn for bootstrapping: raw observations [N] -> V (N, 1) with the current weights."""
-        self.engine.eval()
-        try:
-            outs = [self.engine(self._inputs(obs[i : i + _EVAL_CHUNK], False)).get(keys.VALUE).float()
-                    for i in range(0, obs.batch_size[0], _EVAL_CHUNK)]
-        finally:
-            self.engine.train()
+        outs = [self.engine(self._inputs(obs[i : i + _EVAL_CHUNK], False)).get(keys.VALUE).float()
+                for i in range(0, obs.batch_size[0], _EVAL_CHUNK)]
         return torch.cat(outs).cpu()
 
     @torch.no_grad()
@@ -156,6 +152,9 @@ class RLLearnerActor(LearnerActor):
             raise TypeError(f"train_rl takes the rollout TensorDict [B, T], got {type(batch).__name__}")
         t0 = time.perf_counter()
         cfg, obj = self.rl_cfg, self.objective
+        # Eval mode for the whole update (gradients flow all the same): no dropout, so the recomputed log-probs
+        # equal the rollout's (ratio 1 before the first step) -- as RLHF trainers disable dropout for PPO.
+        self.engine.eval()
         obj.set_update(self.rl_update)
         ctx = RLContext(self.rank, self.world_size, self._all_sum, self._values, self.rl_update)
         samples, prep = obj.prepare(batch.to("cpu"), ctx)
@@ -174,7 +173,6 @@ class RLLearnerActor(LearnerActor):
         gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + self.rl_update * 7919 + self.rank)
         sums: dict[str, float] = defaultdict(float)
         steps = epochs = 0
-        self.engine.train()
         for _ in range(cfg.epochs):
             epoch_kl = 0.0
             for idx in torch.tensor_split(torch.randperm(n, generator=gen), mbs):
