@@ -64,7 +64,8 @@ def step_flags(td: TensorDictBase, what: str = "advantages") -> dict[str, torch.
     out[keys.REWARD] = _get(td, (keys.NEXT, keys.REWARD), (b, t, 1), what).float()
     steps = _get(td, keys.EXEC_STEPS, (b, t), what)
     if bool((steps < 1).any()):
-        raise ValueError(f"{what}: {keys.EXEC_STEPS} must be >= 1 (env steps a decision covered), got min {int(steps.min())}")
+        raise ValueError(f"{what}: {keys.EXEC_STEPS} must be >= 1 (env steps a decision covered), "
+                         f"got min {int(steps.min())}")
     out[keys.EXEC_STEPS] = steps
     return out
 
@@ -157,7 +158,8 @@ def first_episode_mask(done: torch.Tensor) -> torch.Tensor:
     return (d.cumsum(1) - d) == 0
 
 
-def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = identity_reducer) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor,
+                    reduce: Reducer = identity_reducer) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (population) std of x over mask, summed over ranks with ``reduce`` (same result on every rank)."""
     m = mask.reshape(x.shape).to(torch.float64)
     xs = x.to(torch.float64)
@@ -168,7 +170,8 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = ident
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 
-def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, reduce: Reducer = identity_reducer, eps: float = 1e-8) -> torch.Tensor:
+def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, reduce: Reducer = identity_reducer,
+                         eps: float = 1e-8) -> torch.Tensor:
     """(A - mean) / (std + eps) over the valid entries of the WHOLE batch (all ranks); invalid entries -> 0."""
     mean, std = masked_mean_std(adv, mask, reduce)
     return ((adv - mean) / (std + eps)) * mask.reshape(adv.shape).to(adv.dtype)

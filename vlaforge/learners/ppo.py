@@ -96,7 +96,8 @@ class ChunkClipLoss(nn.Module):
         old_lp = _need(td, keys.LOG_PROB, (b,), "old log-prob of the chunk over the executed positions (B,)").float()
         advantage = _need(td, keys.ADVANTAGE, None, "run the objective's prepare() (GAE / group advantages)")
         if advantage.numel() != b:
-            raise ValueError(f"chunk PPO loss: {keys.ADVANTAGE} must be (B,) or (B, 1) with B={b}, got {tuple(advantage.shape)}")
+            raise ValueError(f"chunk PPO loss: {keys.ADVANTAGE} must be (B,) or (B, 1) with B={b}, "
+                             f"got {tuple(advantage.shape)}")
         advantage = advantage.reshape(b).float()
         valid = (~pad).to(mean.dtype)  # (B, K)
 
