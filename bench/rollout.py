@@ -1,5 +1,5 @@
 """Rollout benchmark on Meta-World with rendering and the default VLA: our RolloutPool vs the simulator
-alone vs RLlib's EnvRunnerGroup. Prints JSON.
+alone vs RLlib's EnvRunnerGroup (bench/rollout_rllib.py). Prints JSON.
 
     python bench/rollout.py              # K = 1, 2 actors, B = 8 sims, ~5-10 min on 2 cores
     python bench/rollout.py --quick      # fewer iterations, ~2-3 min
@@ -16,7 +16,7 @@ default camera / resolution / renderer unless overridden):
   rllib          RLlib 2.60 EnvRunnerGroup with K remote runners x B envs of ONE Meta-World sim each (a
                  gymnasium wrapper: image + state observation; an action = one chunk of n_action_steps
                  actions, like our decisions) and our VLA wrapped as an RLModule. Env steps/s of
-                 ``sample()`` (sim steps, counted inside the envs). See bench/rllib_vla.py.
+                 ``sample()`` (sim steps, counted inside the envs). See bench/rollout_rllib.py.
 The machine's cores may be shared with other jobs: numbers are noisy, compare medians of repeated runs.
 """
 
@@ -164,9 +164,10 @@ def main() -> None:
                  "ratio": round(full["env_steps_per_s"] / max(1e-9, sim["env_steps_per_s"]), 3)}
         if not args.no_rllib:
             try:
-                from bench.rllib_vla import bench_rllib
+                from bench.rollout_rllib import bench_rllib
 
-                entry["rllib"] = bench_rllib(env_cfg, k, args.envs, iters, state_dim, TASK)
+                entry["rllib"] = bench_rllib(env_cfg, k, args.envs, iters, *policy_parts(env_cfg, state_dim), TASK,
+                                             args.steps)
                 entry["vs_rllib"] = round(full["env_steps_per_s"] / max(1e-9, entry["rllib"]["env_steps_per_s"]), 2)
             except Exception as e:  # noqa: BLE001 -- report, keep the rest
                 entry["rllib"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
