@@ -62,5 +62,4 @@ VALUE_TARGET = "value_target"  # float32 (..., 1): regression target of the valu
 OLD_VALUE = "old_state_value"  # float32 (..., 1): VALUE at sampling time, kept beside the model's new VALUE
 REF_ACTION_MEAN = "ref_action_mean"  # float32 (..., K, A): the frozen reference policy's mean
 REF_ACTION_LOG_STD = "ref_action_log_std"  # float32 (..., K, A)
-VALID = "valid"  # bool (B, T): the decision takes part in the loss (GRPO: the row's first episode)
 GROUP_ID = "group_id"  # int64 (B, T), constant along T: rows started from the same initial state share it (GRPO/RLOO)
