@@ -6,5 +6,6 @@ from vlaforge.learners.registry import OBJECTIVES, build_objective, register_obj
 from vlaforge.learners import bc as _bc  # noqa: E402,F401
 from vlaforge.learners import grpo as _grpo  # noqa: E402,F401
 from vlaforge.learners import ppo as _ppo  # noqa: E402,F401
+from vlaforge.learners import reward_model as _reward_model  # noqa: E402,F401
 
 __all__ = ["OBJECTIVES", "build_objective", "register_objective"]

@@ -43,11 +43,15 @@ class RewardModelConfig(StrictModel):
     image_shift_pad: int = Field(2, ge=0)
 
     # -- labeled data -------------------------------------------------------------------------------
-    # Frames of successful demos/rollouts: "success" = 1 at/after the first success frame, 0 before
-    # `negative_fraction` of the time to success, the frames in between are left out (they look almost
-    # like success: the predicate is a distance threshold); "progress" = t / t_success, clipped to 1.
+    # Frames of successful episodes: "success" = the frame's own success flag, where frames before the
+    # first success count as negatives only up to `negative_fraction` of the time to success (< 1 leaves
+    # out the near-success frames, which look almost like success: the predicate is a distance threshold;
+    # 1 = the exact predicate, which held-out AUROC measures); "progress" = t / t_success, 1 from then on.
     demo_labels: Literal["success", "progress"] = "success"
-    negative_fraction: float = Field(0.6, gt=0.0, le=1.0)
+    negative_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # Training frames get an instruction drawn from all instructions of their task in the labeled set, so
+    # that a paraphrase seen only in successful (or failed) episodes cannot stand in for the label.
+    mix_paraphrases: bool = True
     balance: bool = True  # equal counts of positive and negative frames (minority oversampled)
     max_frames_per_class: int = Field(4000, ge=1)
     heldout_fraction: float = Field(0.25, ge=0.0, lt=1.0)  # episodes held out for AUROC / pair accuracy

@@ -122,9 +122,12 @@ class RewardModel(nn.Module):
             raise KeyError(f"RewardModel.forward needs the RewardProcessor's output; missing {missing}")
         pixels, tokens, mask = td.get(keys.PIXELS), td.get(keys.TOKENS), td.get(keys.TOKENS_MASK)
         b, te = pixels.shape[0], self.type_embed
-        parts = [self.cls.expand(b, -1, -1) + te[0],  # (B, 1, dim)
-                 self.vision(pixels) + te[1],  # (B, V*T, dim)
-                 self.language(tokens, mask) + te[2]]  # (B, L, dim)
+        lang = self.language(tokens, mask)  # (B, L, dim)
+        # The query starts as the instruction's mean token: its attention over the image is conditioned on
+        # the task from the first layer on (success is a question about the image that the task asks).
+        m = mask.unsqueeze(-1).to(lang.dtype)  # (B, L, 1)
+        query = self.cls + (lang * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, dim)
+        parts = [query + te[0], self.vision(pixels) + te[1], lang + te[2]]  # (B, 1 | V*T | L, dim)
         if self.state is not None:
             parts.append(self.state(td.get(keys.STATE_NORM)) + te[3])  # (B, 1, dim)
         x = torch.cat(parts, dim=1)
