@@ -20,7 +20,7 @@ from vlaforge.actors.config import RolloutConfig
 from vlaforge.actors.rollout import PolicySource, RolloutWorker
 from vlaforge.envs import EnvConfig
 from vlaforge.platform.rollout_pool import RolloutPool, RolloutPoolError
-from vlaforge.platform.weights import WeightPublisher
+from vlaforge.platform.weights import WeightPublisher, WeightsHandle
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
 
 pytestmark = pytest.mark.slow
@@ -220,3 +220,53 @@ def test_env_failures_recreate_then_the_restart_budget_stops_the_run(ray_cluster
             pool.sample(None)  # from step 8 on every step crashes: RolloutEnvError -> restart -> over budget
         assert "RolloutEnvError" in str(info.value) and "simulated simulator crash" in str(info.value)
         assert pool.counters["actor_restarts"] == 1
+
+
+class LearnerStandIn:
+    """Learner rank 0 of the collective path: owns the policy, is rank 0 (src) of the weight group."""
+
+    def __init__(self, seed: int):
+        self.policy, self.b = make_policy(seed), None
+
+    def address(self) -> tuple[str, int]:
+        from vlaforge.platform.weights import rendezvous_address
+
+        return rendezvous_address()
+
+    def join(self, addr: str, port: int, world: int) -> None:
+        from vlaforge.platform.weights import CollectiveBroadcaster, layout_of_module
+
+        self.b = CollectiveBroadcaster(rank=0, world_size=world, master_addr=addr, master_port=port,
+                                       layout=layout_of_module(self.policy), backend="gloo", timeout_s=60)
+
+    def train_and_publish(self):
+        with torch.no_grad():
+            for p in self.policy.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        return self.b.publish(self.policy)
+
+    def get_policy(self):
+        return self.policy
+
+
+def test_collective_broadcast_reaches_the_actors(ray_cluster):
+    import ray
+
+    learner = ray.remote(LearnerStandIn).options(num_cpus=1).remote(11)
+    with make_pool("sync", num_actors=1, broadcast="collective") as pool:
+        with pytest.raises(RolloutPoolError, match="join_weight_group"):
+            pool.sample(None)  # no group yet: a clear error, not a hang
+        addr, port = ray.get(learner.address.remote())
+        ray.get([learner.join.remote(addr, port, 2), *pool.join_weight_group(addr, port, backend="gloo", timeout_s=60)])
+        for v in (1, 2):
+            received = pool.receive_weights()  # every actor waits for the broadcast ...
+            handle = ray.get(learner.train_and_publish.remote())  # ... that learner rank 0 sends now
+            assert ray.get(received) == [v] and handle.ref is None
+            batch = pool.sample(handle)  # already loaded: sample() does not touch the group
+            assert batch.versions == [v] and (batch.data[keys.POLICY_VERSION] == v).all()
+        torch.testing.assert_close(recomputed_log_prob(ray.get(learner.get_policy.remote()), batch.data),
+                                   batch.data.reshape(-1)[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
+        skipped = WeightsHandle(handle.version + 1, None, handle.layout, handle.nbytes)  # published, not received
+        with pytest.raises(RolloutPoolError, match="not received here"):
+            pool.sample(skipped)
+    ray.kill(learner)

@@ -266,7 +266,12 @@ class RolloutWorker:
     def sample(self, handle: Any = None, num_steps: int | None = None) -> RolloutResult:
         """Load ``handle``'s weights if newer, then run T = ``num_steps`` (default steps_per_sample) decisions."""
         t_start = time.perf_counter()
-        if handle is not None:
+        if handle is not None and handle.version > self.weights.version:
+            if getattr(handle, "ref", None) is None:  # a collective handle: the data came (or not) over the group
+                raise RuntimeError(
+                    f"rollout actor {self.rank} holds weights v{self.weights.version} but was asked to sample with "
+                    f"v{handle.version}, which was published over the collective group and not received here: run "
+                    "pool.receive_weights() together with the learner's publish before sample()")
             self.weights.maybe_load(self.policy, handle)
         load_s = time.perf_counter() - t_start
         version = int(self.weights.version)
@@ -320,8 +325,13 @@ class RolloutWorker:
         return int(self.weights.version)
 
     def set_weights(self, weights: Any) -> int:
-        """Replace the subscriber (e.g. join a collective group: ``weights`` is a factory that rendezvouses)."""
+        """Replace the subscriber (e.g. join a collective group: ``weights`` is a factory that rendezvouses).
+        The new one starts at the version this replica holds (its weights are still loaded)."""
+        old, version = self.weights, int(self.weights.version)
         self.weights = weights() if callable(weights) else weights
+        self.weights.version = max(int(self.weights.version), version)
+        if hasattr(old, "close"):
+            old.close()  # a previous collective group (e.g. broken by a restarted peer)
         return int(self.weights.version)
 
     def info(self) -> dict[str, Any]:

@@ -49,6 +49,11 @@ class RolloutPoolError(RuntimeError):
     """The rollout pool cannot go on (restart budget exhausted, or an actor raised a non-recoverable error)."""
 
 
+class WeightGroupLost(RolloutPoolError):
+    """broadcast='collective': an actor was restarted and is not in the weight group. The driver forms a new
+    group (learner rank 0 + ``pool.join_weight_group``), broadcasts, and calls ``sample`` again."""
+
+
 @dataclass
 class RolloutBatch:
     data: TensorDict  # [N*B, T]: N results (K in sync mode) concatenated along the env dim
@@ -94,6 +99,7 @@ class RolloutPool:
         )
         self._incarnation = [0] * cfg.num_actors
         self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
+        self._collected = 0  # async: results accepted so far in the current call
         self._latest_version = 0
         self._last_return = time.perf_counter()
         self.counters = {"actor_restarts": 0, "dropped_steps": 0, "dropped_env_steps": 0, "env_restarts": 0,
@@ -165,6 +171,7 @@ class RolloutPool:
             if r not in busy:
                 self._inflight[self._submit(r, self._latest)] = r
         results: list[RolloutResult] = []
+        self._collected = 0
         while len(results) < self.num_actors:
             [ref], _ = ray.wait(list(self._inflight), num_returns=1)
             rank = self._inflight.pop(ref)
@@ -183,6 +190,7 @@ class RolloutPool:
                          rank, res.version, lag, self._latest_version, self.cfg.max_policy_lag)
                 continue
             results.append(res)
+            self._collected = len(results)
         return results
 
     def _take(self, res: RolloutResult) -> RolloutResult:
@@ -213,7 +221,15 @@ class RolloutPool:
         self._incarnation[rank] += 1
         self.group.restart(rank, incarnation=self._incarnation[rank])
         if self.cfg.broadcast == "collective":
+            # The replacement holds no weights and cannot join the old group (fixed world size): stop here.
+            # This call's other requests (returned or still running) are abandoned: dropped, and counted.
+            others = len(self._inflight) + self._collected if self.cfg.mode == "async" else self.num_actors - 1
+            self.counters["dropped_steps"] += others * self.envs_per_actor * self.cfg.steps_per_sample
+            self._inflight.clear()
             self._needs_weight_group = True
+            raise WeightGroupLost(f"rollout actor {rank} was restarted; with rollout.broadcast='collective' every actor "
+                                  "must join a new weight group: form it (learner rank 0 + pool.join_weight_group()), "
+                                  "broadcast the weights, then call sample() again") from err
 
     # -- metrics ----------------------------------------------------------------------------------------
     def _batch(self, results: list[RolloutResult], rollout_s: float, interval_s: float) -> RolloutBatch:
