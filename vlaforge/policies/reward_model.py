@@ -94,6 +94,8 @@ class RewardProcessor:
         tokens, mask = self.tokenizer(instructions_as_list(td.get(keys.INSTRUCTION), b))  # (B, L) x2
         out = {keys.PIXELS: pixels.reshape(b, v, 3, h, w), keys.TOKENS: tokens.to(dev), keys.TOKENS_MASK: mask.to(dev)}
         if self.state_norm is not None:
+            if keys.STATE not in td.keys(True):
+                raise KeyError("reward model built with use_state: its input needs observation/state")
             state = td.get(keys.STATE)
             if state.shape != (b, self.state_norm.dim):
                 raise ValueError(f"observation/state must be (B={b}, S={self.state_norm.dim}), got {tuple(state.shape)}")
