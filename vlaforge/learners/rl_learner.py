@@ -233,6 +233,10 @@ class RLLearnerActor(LearnerActor):
         return handle
 
     # -- checkpoints ----------------------------------------------------------------------------------
+    def rl_status(self) -> dict[str, int]:
+        """Updates done and the last published version (the driver's resume point)."""
+        return {"update": int(self.rl_update), "version": int(self.version)}
+
     def _rl_state(self) -> dict[str, Any]:
         return {"update": self.rl_update, "version": self.version, "objective": self.objective.state_dict_rl()}
 

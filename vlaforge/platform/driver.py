@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vlaforge.errors import VlaforgeError
 from vlaforge.platform.config import Recipe
-from vlaforge.platform.recipe import dump_recipe, load_recipe
+from vlaforge.platform.recipe import dump_recipe, load_recipe, stage_recipe
 
 log = logging.getLogger("vlaforge")
 
@@ -121,10 +121,11 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
     policy_dir: Path | None = None
     results: dict[str, dict] = {}
     try:
-        for stage in recipe.stages:
+        for index, stage in enumerate(recipe.stages):
+            srecipe = stage_recipe(recipe, index)  # the stage's own `set:` values merged over the recipe
             stage_dir = run_dir / stage.name
             done_file = stage_dir / "stage.json"
-            fingerprint = stage_fingerprint(recipe, stage)
+            fingerprint = stage_fingerprint(srecipe, stage)
             done = json.loads(done_file.read_text()) if (resume and done_file.exists()) else None
             if done is not None and done.get("fingerprint") == fingerprint:  # finished, same config: keep it
                 policy_dir, ctx.step = Path(done["policy_dir"]), done["end_step"]
@@ -135,16 +136,16 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             stage_dir.mkdir(parents=True, exist_ok=True)
             record = {"stage": stage.name, "kind": stage.kind, "init": str(init) if init else None,
                       "fingerprint": fingerprint}
-            if init is not None and stage.eval_start and recipe.eval.enabled:
+            if init is not None and stage.eval_start and srecipe.eval.enabled:
                 with timers.phase("eval"):
-                    record["eval_start"] = _evaluate(init, recipe, stage_dir / "eval-start", metrics, ctx.step,
+                    record["eval_start"] = _evaluate(init, srecipe, stage_dir / "eval-start", metrics, ctx.step,
                                                      prefix=f"eval/{stage.name}_start")
             log.info("stage %s (%s) starts%s", stage.name, stage.kind, f" from {init}" if init else " from scratch")
-            policy_dir = STAGES[stage.kind](ctx, stage, stage_dir, init)
-            _write_run_card(policy_dir, recipe)
-            if stage.eval_end and recipe.eval.enabled:
+            policy_dir = STAGES[stage.kind](ctx, stage, srecipe, stage_dir, init)
+            _write_run_card(policy_dir, srecipe)
+            if stage.eval_end and srecipe.eval.enabled:
                 with timers.phase("eval"):
-                    record["eval_end"] = _evaluate(policy_dir, recipe, stage_dir / "eval", metrics, ctx.step,
+                    record["eval_end"] = _evaluate(policy_dir, srecipe, stage_dir / "eval", metrics, ctx.step,
                                                    prefix=f"eval/{stage.name}")
             record.update(policy_dir=str(policy_dir), end_step=ctx.step)
             results[stage.name] = record
