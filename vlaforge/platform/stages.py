@@ -52,6 +52,16 @@ def stage_fingerprint(recipe: Recipe, stage: StageConfig) -> dict:
     return {"stage": stage.model_dump(mode="json"), **{b: getattr(recipe, b).model_dump(mode="json") for b in blocks}}
 
 
+def final_policy(stage: StageConfig, stage_dir: Path) -> Path:
+    """The policy export inside the stage's newest checkpoint (every checkpoint carries one)."""
+    from vlaforge.platform import checkpoint as ckpt
+
+    final = ckpt.find_latest(stage_dir)
+    if final is None:
+        raise VlaforgeError(f"{stage_dir}: stage {stage.name} ended without a checkpoint")
+    return final / "policy"
+
+
 def dataset_for(ctx: StageContext, recipe: Recipe) -> Path:
     """The stage's training data, built (or found in the demo cache) once per distinct config."""
     key = ("dataset", recipe.envs.model_dump_json(), recipe.demos.model_dump_json(), recipe.data.model_dump_json())
@@ -104,10 +114,7 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                     learners.call("save_checkpoint", str(stage_dir))
         bar.close()
         ctx.step = base + step
-        final = ckpt.find_latest(stage_dir)
-        if final is None:
-            raise VlaforgeError(f"{stage_dir}: stage {stage.name} ended without a checkpoint")
-        return final / "policy"  # every checkpoint carries the safetensors export
+        return final_policy(stage, stage_dir)
     finally:
         learners.shutdown()
 
@@ -184,10 +191,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                     learners.call("save_checkpoint", str(stage_dir))
         bar.close()
         ctx.step = base + update
-        final = ckpt.find_latest(stage_dir)
-        if final is None:
-            raise VlaforgeError(f"{stage_dir}: stage {stage.name} ended without a checkpoint")
-        return final / "policy"
+        return final_policy(stage, stage_dir)
     finally:
         if pool is not None:
             pool.shutdown()
