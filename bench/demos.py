@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def raw_step_rate(task: str, steps: int) -> dict:
