@@ -18,6 +18,7 @@ from vlaforge.data.writer import DatasetWriter
 from vlaforge.learners.reward_data import (
     RMEpisode,
     build_eval_set,
+    build_reward_data,
     build_preference_set,
     build_success_set,
     episodes_from_dataset,
@@ -96,6 +97,27 @@ def test_rollout_rows_split_into_episodes_at_done():
     assert eps[0].success_frame == 2 and int(eps[1].image[0, 0, 0, 0, 0]) == 3  # frames = the NEXT images
     with pytest.raises(KeyError, match="NEXT observation"):
         episodes_from_rollouts(traj.exclude((keys.NEXT, *keys.IMAGE)))
+
+
+def test_build_reward_data_from_a_dataset_and_rollouts(tmp_path):
+    root = _write(tmp_path / "d", [{"next_success": [0] * 6 + [1] * 4, "instruction": "press it", "task": "name7"}] * 4)
+    traj = TensorDict({keys.TASK_INDEX: torch.full((4, 10), 7),
+                       keys.NEXT: TensorDict({keys.IMAGE: torch.zeros(4, 10, 1, 16, 16, 3, dtype=torch.uint8),
+                                              keys.STATE: torch.zeros(4, 10, 2),
+                                              keys.SUCCESS: torch.zeros(4, 10, 1, dtype=torch.bool),
+                                              keys.DONE: torch.ones(4, 10, 1, dtype=torch.bool).cumsum(1) == 10},
+                                             batch_size=[4, 10])}, batch_size=[4, 10])
+    traj.set(keys.INSTRUCTION, NonTensorStack.from_list([["push the button"] * 10] * 4))
+    names = [f"name{i}" for i in range(10)]
+    train, held = build_reward_data(RewardModelConfig(heldout_fraction=0.25), [root], [traj], task_names=names)
+    assert set(train.get(keys.INSTRUCTION).tolist()) == {"press it", "push the button"}  # one task: mixed
+    # 1 of 4 demos and 1 of 4 rollouts held out. Train: demos 3 x (3 success frames 7-9 + 7 before), rollouts
+    # 3 x 10 failed frames -> 9 positives vs 51 negatives, balanced to 51 each.
+    assert (train.get(keys.RM_TARGET) == 1).sum() == (train.get(keys.RM_TARGET) == 0).sum() == 51
+    assert len(held) == 20 and held.get(keys.RM_TARGET).sum() == 3  # 1 demo (frames 7-9) + 1 rollout
+    pref, held_pref = build_reward_data(RewardModelConfig(kind="preference", segment_length=3, num_pairs=8), [root], [traj],
+                                        task_names=names)
+    assert pref.batch_size == held_pref.batch_size == (8, 2, 3)
 
 
 # -- labels and sets -----------------------------------------------------------------------------------
@@ -227,8 +249,8 @@ def bars(n_success: int, n_failed: int, seed: int, length: int = 16) -> list[RME
 
 
 def test_bradley_terry_prefers_the_preferred_segment():
-    cfg = RewardModelConfig(**{**TINY, "vision": {"channels": [8, 16], "keypoints": 0}}, kind="preference",
-                            segment_length=4, num_pairs=256, steps=100)
+    cfg = RewardModelConfig(**{**TINY, "vision": {"channels": [8, 16], "keypoints": 0}, "batch_size": 16},
+                            kind="preference", segment_length=4, num_pairs=256, steps=80)
     train, held = build_preference_set(bars(6, 6, 0), cfg, seed=0), build_preference_set(bars(3, 3, 1), cfg, seed=1)
     model, proc, m = train_reward_model(train, cfg, eval_data=held)
     assert m["rm/loss_bt"] < 0.5 * math.log(2), m  # untrained: log 2 (equal scores)

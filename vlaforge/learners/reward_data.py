@@ -83,7 +83,9 @@ def episodes_from_dataset(root: str | Path, episodes: Sequence[int] | None = Non
 def episodes_from_rollouts(traj: TensorDictBase, task_names: Sequence[str] | None = None) -> list[RMEpisode]:
     """Rollout trajectories [B, T] -> episodes (a row splits after every done step). Needs ("next", image),
     ("next", success), ("next", done) and the observation's instruction; ``task_names`` maps task_index to
-    names (e.g. vlaforge.envs.ALL_TASKS) so that rollouts and demos of one task match."""
+    names (e.g. vlaforge.envs.ALL_TASKS) so that rollouts and demos of one task match. With action chunks
+    ("next", success) means success at any executed step while the image is the chunk's last observation:
+    the same frame whenever success ends the episode (terminate_on_success, the default)."""
     need = [(keys.NEXT, *keys.IMAGE), (keys.NEXT, keys.SUCCESS), (keys.NEXT, keys.DONE), keys.INSTRUCTION]
     missing = [k for k in need if k not in traj.keys(True)]
     if missing or traj.batch_dims != 2:
@@ -262,3 +264,18 @@ def build_preference_set(episodes: Sequence[RMEpisode], cfg: RewardModelConfig, 
     instr = _instructions(episodes, [e for a, _, b, _ in pairs for e in (a, b)], rng if cfg.mix_paraphrases else None)
     td.set(keys.INSTRUCTION, NonTensorStack.from_list([[[instr[2 * i]] * L, [instr[2 * i + 1]] * L] for i in range(len(pairs))]))
     return td
+
+
+def build_reward_data(cfg: RewardModelConfig, datasets: Sequence[str | Path] = (), rollouts: Sequence[TensorDictBase] = (),
+                      task_names: Sequence[str] | None = None, seed: int = 0) -> tuple[TensorDict, TensorDict | None]:
+    """The driver's one call: episodes of LeRobot ``datasets`` and rollout trajectories [B, T] -> (training
+    set, held-out set or None). Held-out = cfg.heldout_fraction of the episodes (split_episodes); kind
+    "success": balanced frames / every held-out frame with its exact flag; "preference": pairs of both."""
+    episodes = [ep for root in datasets for ep in episodes_from_dataset(root)]
+    episodes += [ep for traj in rollouts for ep in episodes_from_rollouts(traj, task_names)]
+    if not episodes:
+        raise ValueError("build_reward_data: no episodes (give demonstration datasets and/or rollouts)")
+    train, held = split_episodes(episodes, cfg.heldout_fraction, seed)
+    if cfg.kind == "preference":
+        return build_preference_set(train, cfg, seed), (build_preference_set(held, cfg, seed + 1) if held else None)
+    return build_success_set(train, cfg, seed), (build_eval_set(held) if held else None)

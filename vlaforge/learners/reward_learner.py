@@ -46,6 +46,9 @@ class RewardLearner(LearnerActor):
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend=backend(self.train_cfg))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if self.rm_cfg.batch_size % self.world_size:
+            raise ValueError(f"reward_model.batch_size ({self.rm_cfg.batch_size}) must be divisible by the "
+                             f"{self.world_size} learner ranks")
         self.data, self.spec = data, spec_of(data)
 
         seed_everything(self.train_cfg.seed)  # same seed on every rank: identical initial weights
