@@ -66,11 +66,13 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int | None = None
+                 ) -> torch.optim.lr_scheduler.LambdaLR:
     # A torch LambdaLR rather than DeepSpeed's WarmupLR/WarmupCosineLR: those reject warmup_steps = 0 and
     # warm up logarithmically by default. DeepSpeed steps it after every optimizer step and checkpoints
     # its state (last_epoch), so resume continues the same curve.
-    w, n, sched = train.warmup_steps, train.steps, train.lr_schedule
+    # total_steps: optimizer steps the schedule spans (RL: train.steps counts updates, each of several steps)
+    w, n, sched = train.warmup_steps, total_steps or train.steps, train.lr_schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, w, n, sched))
 
 

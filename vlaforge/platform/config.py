@@ -12,6 +12,7 @@ from vlaforge.data.config import DataConfig, DemoConfig
 from vlaforge.envs.config import EnvConfig
 from vlaforge.learners.config import TrainConfig
 from vlaforge.policies.config import PolicyConfig
+from vlaforge.policies.reward_config import RewardModelConfig
 
 
 class RayConfig(StrictModel):
@@ -31,7 +32,7 @@ class LoggingConfig(StrictModel):
 
 class StageConfig(StrictModel):
     name: str  # folder of the stage inside the run directory
-    kind: Literal["bc", "ppo", "grpo"] = "bc"  # key of vlaforge.platform.stages.STAGES
+    kind: Literal["bc", "ppo", "grpo", "reward_model"] = "bc"  # key of vlaforge.platform.stages.STAGES
     # Where the stage's policy starts: "previous" (the previous stage's result; from scratch for the
     # first stage), "scratch", or a path to an exported policy / checkpoint / run folder.
     init: str = "previous"
@@ -64,6 +65,7 @@ class Recipe(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # The stages run in order, each in <run>/<name>/, each starting from the previous one's policy.
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)

@@ -44,7 +44,13 @@ def register_stage(kind: str):
 
 # recipe blocks whose values a finished stage's result depends on (a resumed run re-enters a finished
 # stage when one of them changed, e.g. more train.steps, and continues from its latest checkpoint)
-STAGE_BLOCKS: dict[str, tuple[str, ...]] = {"bc": ("train", "policy", "demos", "data")}
+_RL_BLOCKS = ("train", "rollout", "reward_model", "envs")
+STAGE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "bc": ("train", "policy", "demos", "data"),
+    "ppo": _RL_BLOCKS,
+    "grpo": _RL_BLOCKS,
+    "reward_model": ("reward_model", "rollout", "demos", "data"),
+}
 
 
 def stage_fingerprint(recipe: Recipe, stage: StageConfig) -> dict:
@@ -202,6 +208,74 @@ for _kind in ("ppo", "grpo"):
     register_stage(_kind)(run_rl)
 
 
-def make_reward_hook(ctx: StageContext, recipe: Recipe):
-    """None for env rewards; reward-model scoring is wired in by the reward-model integration."""
+def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
+    """The reward model RL uses: reward_model.model_dir, else the newest reward_model stage of this run."""
+    if recipe.reward_model.model_dir:
+        return Path(recipe.reward_model.model_dir).expanduser()
+    for st in reversed(recipe.stages):
+        if st.kind == "reward_model" and (ctx.run_dir / st.name / "reward_model").exists():
+            return ctx.run_dir / st.name / "reward_model"
     return None
+
+
+def make_reward_hook(ctx: StageContext, recipe: Recipe):
+    """-> None (env reward, no RM), or fn(batch [B, T]) that writes the RM / mixed reward into the batch
+    and returns reward/* metrics: the RM reward next to the simulator's true success, per decision, so a
+    rising RM reward with flat true success (reward hacking) is visible on the dashboard."""
+    cfg = recipe.reward_model
+    if not cfg.enabled:
+        return None
+    from vlaforge import keys
+    from vlaforge.actors.reward import RewardScorer, reward_metrics
+
+    model_dir = reward_model_dir(ctx, recipe)
+    if model_dir is None:
+        raise VlaforgeError("reward_model.enabled: no reward model to use: set reward_model.model_dir or put a "
+                            "reward_model stage before this one")
+    scorer = RewardScorer(model_dir, cfg=cfg)
+    log.info("RL reward: %s (reward model %s)", cfg.mode, model_dir)
+
+    def hook(batch) -> dict[str, float]:
+        with ctx.timers.phase("reward_model"):
+            scorer.annotate(batch)  # ("next", rm_reward), ("next", env_reward); ("next", reward) per mode
+        nxt = batch.get(keys.NEXT)
+        m = reward_metrics(nxt.get(keys.RM_REWARD), nxt.get(keys.SUCCESS))
+        m["reward/env_mean"] = float(nxt.get(keys.ENV_REWARD).float().mean())
+        return m
+
+    return hook
+
+
+@register_stage("reward_model")
+def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
+    """Train the reward model on labeled demonstrations and on the starting policy's own rollouts (its
+    successes and failures, labeled by the simulator), report held-out accuracy, save it beside the stage.
+    The policy passes through unchanged."""
+    from vlaforge.envs import ALL_TASKS, resolve_tasks
+    from vlaforge.learners.reward_data import build_reward_data
+    from vlaforge.learners.reward_model import train_reward_model
+    from vlaforge.policies.reward_model import save_reward_model
+
+    cfg = recipe.reward_model
+    rollouts = []
+    if init is not None and recipe.rollout.num_actors > 0:
+        from tqdm import tqdm
+
+        from vlaforge.actors.rollout import PolicySource
+        from vlaforge.platform.rollout_pool import RolloutPool
+
+        with ctx.timers.phase("rollout"), RolloutPool(recipe.envs, PolicySource.from_dir(init), recipe.rollout,
+                                                      resolve_tasks(recipe.envs.tasks), seed=recipe.seed + 7) as pool:
+            for _ in tqdm(range(cfg.rollout_batches), desc=f"{stage.name} rollouts", unit="batch"):
+                rollouts.append(pool.sample(None).data)
+    with ctx.timers.phase("reward_model"):
+        train, heldout = build_reward_data(cfg, datasets=[dataset_for(ctx, recipe)], rollouts=rollouts,
+                                           task_names=list(ALL_TASKS), seed=recipe.seed)
+        model, processor, metrics = train_reward_model(train, cfg, eval_data=heldout)
+    save_reward_model(stage_dir / "reward_model", model, processor, extra={"metrics": metrics})
+    ctx.metrics.log({f"reward/{k.replace('/', '_')}": v for k, v in metrics.items()}, step=ctx.step)
+    log.info("reward model: %s", ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if "eval" in k))
+    if init is None:
+        raise VlaforgeError(f"stage '{stage.name}' (reward_model) needs a policy to pass on: put a bc stage first")
+    return init
+

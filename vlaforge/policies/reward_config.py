@@ -70,6 +70,9 @@ class RewardModelConfig(StrictModel):
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     seed: int = 0
+    # Rollout batches of the starting policy (rollout.* sized) labeled by the simulator and added to the
+    # demonstrations in a reward_model stage: the RM sees the policy's own failures, not only experts.
+    rollout_batches: int = Field(4, ge=0)
 
     # -- reward shaping for RL -----------------------------------------------------------------------
     # "env": the simulator's reward (the RM, if enabled, is still scored and logged next to it);
