@@ -92,7 +92,9 @@ class RLLearnerActor(LearnerActor):
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=ds_config(self.train_cfg, self.world_size),
-            lr_scheduler=lambda opt: lr_scheduler(opt, self.train_cfg),
+            # train.steps counts RL updates; each is epochs x num_minibatches optimizer steps
+            lr_scheduler=lambda opt: lr_scheduler(
+                opt, self.train_cfg, self.train_cfg.steps * self.rl_cfg.epochs * self.rl_cfg.num_minibatches),
         )
         if self.ref is not None:
             self.ref.to(self.engine.device)
