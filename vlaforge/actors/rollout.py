@@ -28,7 +28,9 @@ Simulators are auto-reset at decision boundaries with fresh seeds from the worke
 episodes continue across sample calls; episodes that ended in a call come back as ``EpisodeStats``.
 With G > 1 every call instead starts fresh episodes, G consecutive simulators sharing one initial state
 (task and reset seed), so row b's first episode is one of G rollouts from that state.
-A simulator that ended mid-chunk idles (zero action, results ignored) until the boundary.
+A simulator that ended mid-chunk idles (zero action, results ignored) until the boundary (the env
+contract steps all B; Meta-World refuses steps past its 500-step horizon, so with max_episode_steps near
+500 keep it a multiple of n_action_steps).
 
 Env failures. An env that raises in step/reset is closed and recreated (fresh episodes from the seed
 stream); the partial trajectory of this sample call is discarded and counted (``dropped_steps`` in

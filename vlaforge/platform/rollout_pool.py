@@ -101,7 +101,6 @@ class RolloutPool:
         self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
         self._collected = 0  # async: results accepted so far in the current call
         self._latest_version = 0
-        self._last_return = time.perf_counter()
         self.counters = {"actor_restarts": 0, "dropped_steps": 0, "dropped_env_steps": 0, "env_restarts": 0,
                          "dropped_stale_steps": 0, "stale_results": 0}
         self._needs_weight_group = cfg.broadcast == "collective"
@@ -110,6 +109,7 @@ class RolloutPool:
         except Exception as e:
             self.group.shutdown()
             raise RolloutPoolError(f"rollout actors failed to start: {e}") from e
+        self._last_return = time.perf_counter()  # async throughput is measured from here
 
     # -- weights (collective path) ----------------------------------------------------------------------
     def join_weight_group(self, master_addr: str, master_port: int, backend: str = "nccl", **kw: Any) -> list[ray.ObjectRef]:
