@@ -10,13 +10,20 @@ default camera / resolution / renderer unless overridden):
   full_loop      RolloutPool.sync sampling: physics + render + batched policy inference (default VLA,
                  stochastic chunks of n_action_steps) + trajectory TensorDict back to the driver + a new
                  weights version published and loaded before every sample call. Executed env steps/s.
+                 Intermediate steps of a chunk run physics only: images are rendered where the policy or
+                 the trajectory looks (decision points, episode ends; vlaforge/actors/trajectory.py).
   sim_only       the same env (same B, same K processes, same placement) stepped with random actions in
-                 chunks of n_action_steps (run_chunk, resets included), no policy, nothing sent back.
-  ratio          full_loop / sim_only (the issue's aim: >= 0.8).
+                 chunks of n_action_steps (run_chunk: same render schedule, resets), no policy, nothing
+                 sent back: the simulator work the loop cannot avoid.
+  ratio          full_loop / sim_only: the loop's own overhead (the issue's aim: >= 0.8).
+  sim_only_render_every_step   (not with --quick) the same, rendering every simulated step as a
+                 per-step env does; vs_render_every_step = full_loop / that.
   rllib          RLlib 2.60 EnvRunnerGroup with K remote runners x B envs of ONE Meta-World sim each (a
                  gymnasium wrapper: image + state observation; an action = one chunk of n_action_steps
-                 actions, like our decisions) and our VLA wrapped as an RLModule. Env steps/s of
-                 ``sample()`` (sim steps, counted inside the envs). See bench/rollout_rllib.py.
+                 actions, like our decisions; every simulated step renders, as in a per-step gym env) and
+                 our VLA wrapped as an RLModule. Env steps/s of ``sample()`` (sim steps, counted inside the
+                 envs). rllib_one_render_per_chunk (not with --quick): the wrapper renders once per chunk,
+                 the same simulator work as ours (isolates framework overhead). See bench/rollout_rllib.py.
 The machine's cores may be shared with other jobs: numbers are noisy, compare medians of repeated runs.
 """
 
@@ -47,11 +54,13 @@ A = 4
 class SimOnlyWorker:
     """The rollout actor's env without the policy: random chunks through run_chunk, resets at boundaries."""
 
-    def __init__(self, env_cfg: dict, num_envs: int, n_exec: int, seed: int = 0):
+    def __init__(self, env_cfg: dict, num_envs: int, n_exec: int, render_every_step: bool, seed: int = 0):
         from vlaforge.envs import make_env
 
         torch.set_num_threads(1)
         self.env = make_env(EnvConfig.model_validate(env_cfg), [TASK] * num_envs, seed=seed)
+        if render_every_step:  # switch deferred rendering off: every simulated step renders
+            self.env.supports_deferred_render = False
         self.env.reset()
         self.n_exec, self.rng = n_exec, np.random.default_rng(seed)
 
@@ -112,13 +121,13 @@ def bench_full_loop(env_cfg: EnvConfig, k: int, b: int, t: int, iters: int, stat
     }
 
 
-def bench_sim_only(env_cfg: EnvConfig, k: int, b: int, decisions: int, n_exec: int) -> dict:
+def bench_sim_only(env_cfg: EnvConfig, k: int, b: int, decisions: int, n_exec: int, render_every_step: bool) -> dict:
     import ray
 
     from vlaforge.platform.worker_group import WorkerGroup
 
     group = WorkerGroup(SimOnlyWorker, k, cpus_per_worker=1, name="sim-only",
-                        init_args=(env_cfg.model_dump(mode="json"), b, n_exec))
+                        init_args=(env_cfg.model_dump(mode="json"), b, n_exec, render_every_step))
     try:
         group.call("run", max(1, decisions // 8))  # warm-up
         t0 = time.perf_counter()
@@ -159,18 +168,23 @@ def main() -> None:
     }
     for k in args.actors:
         full = bench_full_loop(env_cfg, k, args.envs, args.steps, iters, state_dim)
-        sim = bench_sim_only(env_cfg, k, args.envs, args.steps * iters, n_exec)
+        sim = bench_sim_only(env_cfg, k, args.envs, args.steps * iters, n_exec, render_every_step=False)
         entry = {"full_loop": full, "sim_only": sim,
                  "ratio": round(full["env_steps_per_s"] / max(1e-9, sim["env_steps_per_s"]), 3)}
+        if not args.quick:
+            eager = bench_sim_only(env_cfg, k, args.envs, args.steps * iters, n_exec, render_every_step=True)
+            entry["sim_only_render_every_step"] = eager
+            entry["vs_render_every_step"] = round(full["env_steps_per_s"] / max(1e-9, eager["env_steps_per_s"]), 2)
         if not args.no_rllib:
-            try:
-                from bench.rollout_rllib import bench_rllib
+            for name, every in (("rllib", True), ("rllib_one_render_per_chunk", False))[: 1 if args.quick else 2]:
+                try:
+                    from bench.rollout_rllib import bench_rllib
 
-                entry["rllib"] = bench_rllib(env_cfg, k, args.envs, iters, *policy_parts(env_cfg, state_dim), TASK,
-                                             args.steps)
-                entry["vs_rllib"] = round(full["env_steps_per_s"] / max(1e-9, entry["rllib"]["env_steps_per_s"]), 2)
-            except Exception as e:  # noqa: BLE001 -- report, keep the rest
-                entry["rllib"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                    entry[name] = bench_rllib(env_cfg, k, args.envs, iters, *policy_parts(env_cfg, state_dim), TASK,
+                                              args.steps, render_every_step=every)
+                    entry[f"vs_{name}"] = round(full["env_steps_per_s"] / max(1e-9, entry[name]["env_steps_per_s"]), 2)
+                except Exception as e:  # noqa: BLE001 -- report, keep the rest
+                    entry[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         result["by_actors"][str(k)] = entry
         print(json.dumps({"progress": f"K={k} done", **entry}), file=sys.stderr)
     print(json.dumps(result, indent=2))

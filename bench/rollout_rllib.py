@@ -4,7 +4,9 @@
   camera, resolution). Observation Dict(image uint8 (V, H, W, 3), state float32 (S,)); an action is one
   chunk of n_action_steps actions, flattened to Box(n * A,) in [-1, 1], executed open-loop like our
   decisions (stops at an episode end); the reward is the chunk's sum and ``info["sim_steps"]`` the
-  simulator steps it covered, which is what the benchmark counts.
+  simulator steps it covered, which is what the benchmark counts. ``render_every_step`` True (default):
+  every simulated step renders, as a per-step gym env does; False: one render per chunk, the same
+  simulator work as our deferred-render rollout (isolates the framework's own overhead).
 - ``VLARLModule``: our VLAPolicy + VLAProcessor as a TorchRLModule. Its action-distribution inputs are
   the mean and log-std of the chunk's first n positions, so RLlib's default TorchDiagGaussian samples
   the same stochastic chunks as our RolloutWorker.
@@ -33,6 +35,9 @@ class MetaWorldChunkEnv(gym.Env):
         torch.set_num_threads(1)
         self.env = make_env(EnvConfig.model_validate(config["env_cfg"]), [config["task"]], seed=int(config.get("seed", 0)))
         spec, self.n = self.env.spec, int(config["n_exec"])
+        # True: the sub-steps of a chunk render as a per-step gym env does; False: one render per chunk,
+        # the same simulator work as our deferred-render rollout (a control for framework overhead).
+        self.render_every_step = bool(config.get("render_every_step", True))
         self.observation_space = gym.spaces.Dict({
             "image": gym.spaces.Box(0, 255, spec.image_shape, np.uint8),
             "state": gym.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float32),
@@ -52,13 +57,17 @@ class MetaWorldChunkEnv(gym.Env):
         chunk = np.clip(np.asarray(action, np.float32).reshape(self.n, self._a), -1.0, 1.0)
         reward, steps = 0.0, 0
         for j in range(self.n):
-            nxt = self.env.step(torch.from_numpy(chunk[j : j + 1]))[keys.NEXT]
+            act = torch.from_numpy(chunk[j : j + 1])
+            nxt = self.env.step(act, render=self.render_every_step)[keys.NEXT]
             reward += float(nxt[keys.REWARD][0, 0])
             steps += 1
             if bool(nxt[keys.DONE][0, 0]):
                 break
+        obs = self._obs(nxt)
+        if not self.render_every_step:
+            obs["image"] = self.env.render([0])[0].numpy()  # the one image the policy sees
         terminated, truncated = bool(nxt[keys.TERMINATED][0, 0]), bool(nxt[keys.TRUNCATED][0, 0])
-        return self._obs(nxt), reward, terminated, truncated, {"sim_steps": steps}
+        return obs, reward, terminated, truncated, {"sim_steps": steps}
 
 
 def _module_class():
@@ -87,7 +96,8 @@ def _module_class():
     return VLARLModule
 
 
-def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str, fragment: int) -> dict:
+def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str, fragment: int,
+                render_every_step: bool = True) -> dict:
     """Env steps/s of ``iters`` EnvRunnerGroup sample rounds (each: every runner samples ``fragment``
     chunk-actions per env), after one warm-up round."""
     import sys
@@ -102,7 +112,8 @@ def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str
     n = pcfg.n_action_steps
     config = (
         PPOConfig()
-        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task, "n_exec": n})
+        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task,
+                                                        "n_exec": n, "render_every_step": render_every_step})
         .env_runners(num_env_runners=k, num_envs_per_env_runner=b, num_cpus_per_env_runner=1,
                      rollout_fragment_length=fragment, create_env_on_local_worker=False)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=_module_class(), model_config={
@@ -129,5 +140,6 @@ def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str
     finally:
         group.stop()
     return {"env_steps_per_s": round(steps / wall, 1), "env_steps": steps, "wall_s": round(wall, 2),
-            "setup": f"EnvRunnerGroup: {k} runners x {b} envs, fragment {fragment} chunk-actions, VLA as RLModule",
+            "setup": f"EnvRunnerGroup: {k} runners x {b} envs, fragment {fragment} chunk-actions, VLA as RLModule, "
+                     f"{'render every sim step' if render_every_step else 'one render per chunk'}",
             "ray": ray.__version__}

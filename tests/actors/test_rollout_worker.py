@@ -51,8 +51,8 @@ def recording_env(cfg, tasks, seed):
     env = _metaworld(cfg, tasks, seed)
     step = env.step
 
-    def recorded(action):
-        out = step(action)
+    def recorded(action, **kw):
+        out = step(action, **kw)
         RECORD.append({"action": action.clone(), "reward": out["next", keys.REWARD].squeeze(-1).clone()})
         return out
 
@@ -66,18 +66,26 @@ def flaky_env(cfg, tasks, seed):
     env = _metaworld(cfg, tasks, seed)
     step = env.step
 
-    def maybe_fail(action):
+    def maybe_fail(action, **kw):
         FAIL["count"] += 1
         if FAIL["steps"] == "always" or FAIL["count"] in FAIL["steps"]:
             raise RuntimeError(f"simulated simulator crash at step {FAIL['count']}")
-        return step(action)
+        return step(action, **kw)
 
     env.step = maybe_fail
     return env
 
 
+def eager_render_env(cfg, tasks, seed):
+    """Meta-World rendering at every step (deferred rendering switched off on the instance)."""
+    env = _metaworld(cfg, tasks, seed)
+    env.supports_deferred_render = False
+    return env
+
+
 ENV_REGISTRY["test_recording"] = recording_env
 ENV_REGISTRY["test_flaky"] = flaky_env
+ENV_REGISTRY["test_eager_render"] = eager_render_env
 
 
 def make_worker(backend: str, max_episode_steps: int = 7, policy=None, weights=None, **cfg_over) -> RolloutWorker:
@@ -185,6 +193,25 @@ def test_decision_level_trajectory_and_episodes_across_calls():
     # Stochastic exploration: the chunks are not the policy mean.
     assert (flat[keys.ACTION_CHUNK] - out[keys.ACTION_MEAN]).abs().mean() > 0.05
     w.close()
+
+
+@pytest.mark.slow
+def test_deferred_rendering_records_the_same_trajectory():
+    """Rendering only at decision points and episode ends gives the very same data as rendering every step."""
+    import vlaforge.envs.metaworld  # noqa: F401 -- registers "metaworld"
+
+    policy = tiny_policy()
+    deferred, eager = make_worker("metaworld", policy=policy), make_worker("test_eager_render", policy=policy)
+    assert deferred.env.supports_deferred_render and not eager.env.supports_deferred_render
+    eager.policy.load_state_dict(deferred.policy.state_dict())
+    a, b = deferred.sample(), eager.sample()  # 4 decisions: one 7-step episode ends mid-chunk (terminal images)
+    assert a.data["next", keys.DONE].any()
+    for key in a.data.keys(True, True):
+        if key != keys.INSTRUCTION and key != (keys.NEXT, *keys.INSTRUCTION):
+            assert torch.equal(a.data[key], b.data[key]), key
+    assert a.data.get(keys.INSTRUCTION).tolist() == b.data.get(keys.INSTRUCTION).tolist()
+    deferred.close()
+    eager.close()
 
 
 @pytest.mark.slow

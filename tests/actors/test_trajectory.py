@@ -85,3 +85,49 @@ def test_episode_tracker_reports_finished_episodes_once():
     assert tracker.length.tolist() == [1, 0] and tracker.ret.tolist() == [10.0, 0.0]
     assert stats.tasks == ["a", "b"] and stats.lengths == [2, 3]
     assert stats.returns == [30.0, 10 + 20 + 30 + 3.0] and len(stats) == 2
+
+
+class DeferringEnv(ScriptedEnv):
+    """ScriptedEnv whose images only change when rendered (step(render=...) / render(ids))."""
+
+    supports_deferred_render = True
+
+    def __init__(self, lengths):
+        super().__init__(lengths)
+        self.frames = torch.zeros(len(lengths), dtype=torch.long)  # the step count each image shows
+        self.render_flags: list[bool] = []
+        self.rendered_ids: list[list[int]] = []
+
+    def _obs(self) -> TensorDict:
+        td = super()._obs()
+        b = self.num_envs
+        td.set(keys.IMAGE, self.frames.view(b, 1, 1, 1, 1).expand(b, 1, 2, 2, 3).to(torch.uint8).clone())
+        return td
+
+    def reset(self, env_ids=None, seeds=None) -> TensorDict:
+        super().reset(env_ids, seeds)
+        self.frames[:] = self.count
+        return self._obs()
+
+    def step(self, action, render: bool = True) -> TensorDict:
+        self.render_flags.append(render)
+        if render:
+            self.frames = self.count + 1  # the state after this step
+        return super().step(action)
+
+    def render(self, env_ids=None):
+        ids = list(range(self.num_envs)) if env_ids is None else list(env_ids)
+        self.rendered_ids.append(ids)
+        self.frames[ids] = self.count[ids]
+        return self._obs()[keys.IMAGE][ids]
+
+
+def test_run_chunk_defers_rendering_to_decision_points_and_episode_ends():
+    env = DeferringEnv([2, 9, 3])
+    env.reset()
+    out = run_chunk(env, torch.ones(3, 4, 2))
+    assert env.render_flags == [False, False, False, True]  # physics only until the chunk's last step
+    assert env.rendered_ids == [[0], [2]]  # sim 0 ended at step 2, sim 2 at step 3: their terminal frames
+    frames = out.next_obs[keys.IMAGE][:, 0, 0, 0, 0].tolist()
+    assert frames == [2, 4, 3] == out.next_obs[keys.STATE].squeeze(-1).long().tolist()  # images match states
+    assert out.last_obs[keys.IMAGE][1, 0, 0, 0, 0] == 4  # the next decision's observation, rendered

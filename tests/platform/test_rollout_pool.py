@@ -49,12 +49,12 @@ def flaky_env(cfg, tasks, seed):
     env = make_metaworld_env(cfg, tasks, seed)
     step = env.step
 
-    def maybe_fail(action):
+    def maybe_fail(action, **kw):
         FLAKY_STEPS[0] += 1
         n = FLAKY_STEPS[0]
         if n == 3 or n >= 8:
             raise RuntimeError(f"simulated simulator crash at step {n}")
-        return step(action)
+        return step(action, **kw)
 
     env.step = maybe_fail
     return env

@@ -45,8 +45,14 @@ def run_chunk(env: BatchedEnv, actions: torch.Tensor) -> ChunkOutcome:
     A simulator whose episode ends at position j < n-1 idles for the rest of the chunk: the env contract
     steps all B at once, so it gets a zero action and its results are ignored (the caller resets it at
     the decision boundary). When every simulator has ended the chunk stops early.
+
+    Rendering (the dominant cost on CPU) is deferred when the env supports it: intermediate steps run
+    physics only; images are rendered after the last step (the next decision's observation) and, right
+    after their step, for the simulators whose episode just ended (their terminal observation). The
+    recorded trajectory is the same as with a render at every step.
     """
     b, n, _ = actions.shape
+    defer = bool(getattr(env, "supports_deferred_render", False))
     active = torch.ones(b, dtype=torch.bool)
     executed = torch.zeros(b, n, dtype=torch.bool)
     reward = torch.zeros(b, 1)
@@ -55,15 +61,21 @@ def run_chunk(env: BatchedEnv, actions: torch.Tensor) -> ChunkOutcome:
     last_step = torch.zeros(b, dtype=torch.long)  # per sim: index into step_obs of its last executed step
     for j in range(n):
         act = torch.where(active[:, None], actions[:, j], torch.zeros_like(actions[:, j]))  # (B, A)
-        nxt = env.step(act).get(keys.NEXT)
+        final = j == n - 1
+        nxt = (env.step(act, render=final) if defer else env.step(act)).get(keys.NEXT)
         executed[:, j] = active
         mask = active[:, None]  # (B, 1)
         reward += nxt.get(keys.REWARD).float() * mask
         for k, v in flags.items():
             v |= nxt.get(k).bool() & mask
-        step_obs.append(nxt.exclude(*STEP_RESULT_KEYS))
+        obs = nxt.exclude(*STEP_RESULT_KEYS)
+        step_obs.append(obs)
         last_step[active] = j
-        active &= ~nxt.get(keys.DONE).bool().squeeze(-1)
+        ended = active & nxt.get(keys.DONE).bool().squeeze(-1)  # (B,) episodes that ended at this step
+        active &= ~ended
+        if defer and not final and ended.any():  # their terminal images, before idle steps move them
+            ids = ended.nonzero().flatten()
+            obs.get(keys.IMAGE)[ids] = env.render(ids.tolist())  # (n_ended, V, H, W, 3)
         if not active.any():
             break
     last = len(step_obs) - 1

@@ -62,10 +62,19 @@ class BatchedEnv(ABC):
     @abstractmethod
     def step(self, action: torch.Tensor) -> TensorDict:
         """Advance every simulator by one step with ``action`` float32 (B, A), clipped to the action
-        bounds. Returns a TensorDict (B,) with the ``("next", ...)`` entries listed above."""
+        bounds. Returns a TensorDict (B,) with the ``("next", ...)`` entries listed above.
 
-    def render(self) -> torch.Tensor:
-        """uint8 (B, V, H, W, 3) of the current states (the same images as observation/image)."""
+        Envs with ``supports_deferred_render`` also take ``render=False``: physics only, and the returned
+        observation/image holds the last rendered frames; ``render(env_ids)`` renders what is needed."""
+
+    # True when step(action, render=False) and render(env_ids) work: rendering is THE cost of a CPU
+    # simulator step (STACK.md), and a rollout that runs a chunk open-loop needs images only where the
+    # policy or the trajectory looks (decision points, episode ends), not at every intermediate step.
+    supports_deferred_render: bool = False
+
+    def render(self, env_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """uint8 (n, V, H, W, 3) of the current states of ``env_ids`` (default: all B; the same images as
+        observation/image); the next observation reports them too."""
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 -- optional hook

@@ -124,7 +124,9 @@ class MetaWorldBatchedEnv(BatchedEnv):
         self._render(ids)
         return self._observation()
 
-    def step(self, action: torch.Tensor) -> TensorDict:
+    supports_deferred_render = True  # step(render=False) + render(env_ids): see BatchedEnv
+
+    def step(self, action: torch.Tensor, render: bool = True) -> TensorDict:
         b = self.num_envs
         act = torch.as_tensor(action).detach().cpu().to(torch.float32).numpy()
         if act.shape != (b, ACTION_DIM):
@@ -147,7 +149,8 @@ class MetaWorldBatchedEnv(BatchedEnv):
             reward[i, 0] = r
             success[i, 0] = bool(info["success"])
         self.elapsed_steps += 1
-        self._render(range(b))
+        if render:
+            self._render(range(b))
         terminated = success & self.cfg.terminate_on_success
         truncated = (self.elapsed_steps >= self.cfg.max_episode_steps)[:, None]
         nxt = self._observation()
@@ -162,9 +165,10 @@ class MetaWorldBatchedEnv(BatchedEnv):
         )
         return TensorDict({keys.NEXT: nxt}, batch_size=[b])
 
-    def render(self) -> torch.Tensor:
-        self._render(range(self.num_envs))
-        return torch.from_numpy(self._image.copy())
+    def render(self, env_ids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        ids = self._ids(env_ids)
+        self._render(ids)
+        return torch.from_numpy(self._image[ids])  # fancy indexing: a copy
 
     def close(self) -> None:
         renderer = getattr(self, "_renderer", None)
