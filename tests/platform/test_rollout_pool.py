@@ -87,7 +87,7 @@ def make_pool(mode: str = "sync", backend: str = "metaworld", num_actors: int = 
     env_cfg = EnvConfig(backend=backend, image_size=32, tasks=["reach-v3", "push-v3"], state="proprio", max_episode_steps=5)
     cfg = RolloutConfig(num_actors=num_actors, envs_per_actor=B, steps_per_sample=T, mode=mode, **over)
     source = PolicySource.from_parts(PCFG, SPEC, VLAProcessor.from_stats(PCFG, STATS))
-    return RolloutPool(env_cfg, source, cfg, seed=7, worker_cls=MarkedWorker, name=f"rollout-{mode}-{backend}")
+    return RolloutPool(env_cfg, source, cfg, seed=7, worker_cls=MarkedWorker, name=f"rollout-{mode}-{backend}-{num_actors}")
 
 
 def recomputed_log_prob(policy, data):
@@ -199,13 +199,15 @@ def test_async_mode_respects_the_staleness_bound(ray_cluster):
         h2 = pub.publish(policy)
         b2 = pool.sample(h2)
         assert b2.versions[0] == 1 and set(b2.versions) <= {1, 2} and b2.metrics["rollout/policy_lag_max"] == 1
-        # Two versions later the K in-flight requests (v <= 2) are >= 2 behind: dropped, counted, re-requested
-        # with v4.
+        # Two versions later the in-flight requests (v <= 2) are >= 2 behind: dropped, counted, re-requested
+        # with v4. (Each is dropped when it arrives: a fast actor may fill this call with two v4 results first,
+        # leaving the other old request to be dropped in a later call.)
         pub.publish(policy)
         h4 = pub.publish(policy)
         b4 = pool.sample(h4)
         assert b4.versions == [4, 4] and b4.metrics["rollout/policy_lag_max"] == 0
-        assert b4.metrics["rollout/stale_results"] == 2 and b4.metrics["rollout/dropped_stale_steps"] == 2 * B * T
+        stale = b4.metrics["rollout/stale_results"]
+        assert 1 <= stale <= 2 and b4.metrics["rollout/dropped_stale_steps"] == stale * B * T
         for b in (b1, b2, b4):  # every row that reached the learner was within the bound when it was returned
             assert b.metrics["rollout/policy_lag_max"] <= 1
 

@@ -10,8 +10,9 @@ driver                               WorkerGroup (placement group, bundle k = ac
 - sync: every actor samples with version v; a failed request is re-run with the SAME handle, so a batch
   never mixes versions and always has K*B rows.
 - async: one request per actor stays in flight between calls (actors sample while the learner trains).
-  A call collects K results as they arrive, resubmitting each actor at once with the newest handle; a
-  result whose lag (newest version - its version) exceeds ``max_policy_lag`` is dropped and counted.
+  A call collects the first K results as they arrive (a fast actor may contribute several: nobody waits
+  for a straggler), resubmitting each actor at once with the newest handle; a result whose lag (newest
+  version - its version) exceeds ``max_policy_lag`` is dropped and counted when it arrives.
 - faults: an actor that dies (segfault, os.kill, ray.kill, OOM) or whose env kept failing
   (``RolloutEnvError``) is replaced in its bundle (``WorkerGroup.restart``) with a new seed stream; the
   handle travels with every request, so its first sample loads the newest weights. Its lost request
@@ -24,6 +25,7 @@ Counters are cumulative over the pool's life and each event is counted once, whe
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from vlaforge.platform.weights import CollectiveBroadcaster, WeightsHandle, Weig
 from vlaforge.platform.worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
+_POOL_IDS = itertools.count()  # placement-group names must be unique within a job
 
 
 class RolloutPoolError(RuntimeError):
@@ -95,7 +98,8 @@ class RolloutPool:
             weights=WeightSubscriber(),  # collective: replaced by join_weight_group()
         )
         self.group = WorkerGroup(
-            worker_cls, cfg.num_actors, cpus_per_worker=cfg.cpus_per_actor, name=name, init_kwargs=init_kwargs
+            worker_cls, cfg.num_actors, cpus_per_worker=cfg.cpus_per_actor, name=f"{name}-{next(_POOL_IDS)}",
+            init_kwargs=init_kwargs,
         )
         self._incarnation = [0] * cfg.num_actors
         self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
