@@ -20,6 +20,17 @@ driver                               WorkerGroup (placement group, bundle k = ac
   process). Other exceptions are bugs and raise at once. More than ``max_restarts`` restarts over the
   pool's life raise ``RolloutPoolError``.
 Counters are cumulative over the pool's life and each event is counted once, where it is observed.
+
+Metrics of each ``sample`` call (``RolloutBatch.metrics``):
+  rollout/env_steps, rollout/env_steps_per_s   executed env steps in the batch; per second of the call
+                                               (async: per second since the previous call returned)
+  rollout/episode_return, episode_length, success_rate, episodes   over episodes that ended in the batch
+  rollout/policy_lag, policy_lag_max           newest version - each row's version
+  time/rollout_s                               wall time of the call
+  time/broadcast_s                             slowest actor's weight load (ray.get + copy) in the batch
+  time/rollout_policy_s, time/rollout_env_s    slowest actor's inference / simulator time
+  rollout/actor_restarts, dropped_steps, dropped_env_steps, env_restarts, stale_results,
+  dropped_stale_steps                          cumulative counters (steps = trajectory steps, sims x decisions)
 """
 
 from __future__ import annotations
