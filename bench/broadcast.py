@@ -165,7 +165,7 @@ def main() -> None:
     from vlaforge.platform.runtime import init_ray
     from vlaforge.platform.weights import WeightPublisher
 
-    init_ray(address=args.address, num_cpus=None if args.address else 4)
+    init_ray(address=args.address, num_cpus=None if args.address else 4, log_to_driver=False)
     pool = [ray.remote(num_cpus=0.25)(BenchActor).remote() for _ in range(max(counts))]
     results = []
     for size in sizes:

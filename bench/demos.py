@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "raw_step_no_render": raw_step_rate(env_cfg.tasks[0], raw_steps),
         "worker_in_process": worker_rate(env_cfg, demo_cfg.envs_per_worker, worker_eps),
     }
-    init_ray(num_cpus=max(args.workers) + 1)
+    init_ray(num_cpus=max(args.workers) + 1, log_to_driver=False)
     result["generate_demos"] = {str(w): pipeline_rate(env_cfg, demo_cfg, w) for w in args.workers}
     raw = result["raw_step_no_render"]["steps_per_s"]
     result["render_slowdown_vs_raw"] = round(raw / max(result["worker_in_process"]["frames_per_s"], 1e-9), 1)

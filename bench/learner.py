@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                         cpus_per_learner=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset or write_dataset(Path(tmp) / "bench-data", size)
-        init_ray(num_cpus=max(args.ranks) * args.threads)
+        init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
         out: dict = {"config": {"image_px": size, "global_batch": batch, "timed_steps": steps, "threads": args.threads,
                                 "policy_dim": policy.dim, "zero_stage": train.deepspeed.zero_stage,
                                 "dataset": str(args.dataset or "synthetic")}}

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         export = write_bc_export(Path(tmp) / "bc", policy, spec)
         model, _, processor, cfg, _ = load_rl_policy(str(export), value_head=True, seed=train.seed)
         batch = synthetic_rollout(model, processor, spec, sims, decisions, cfg.n_action_steps, seed=0)
-        init_ray(num_cpus=max(args.ranks) * args.threads)
+        init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
         out: dict = {"config": {"image_px": size, "sims": sims, "decisions": decisions, "epochs": epochs,
                                 "minibatches_per_rank": mbs, "policy_dim": policy.dim, "chunk": policy.chunk_size,
                                 "threads": args.threads, "zero_stage": train.deepspeed.zero_stage, "kl_coef": 0.01}}

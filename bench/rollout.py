@@ -158,7 +158,7 @@ def main() -> None:
     env_cfg = EnvConfig(tasks=[TASK], **over)
     state_dim = {"proprio": 4, "proprio_goal": 7, "full": 39}[env_cfg.state]
     n_exec = PolicyConfig().n_action_steps
-    init_ray(num_cpus=max([*args.actors, os.cpu_count() or 1]))
+    init_ray(num_cpus=max([*args.actors, os.cpu_count() or 1]), log_to_driver=False)
     result: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "env": {"task": TASK, "image_size": env_cfg.image_size, "cameras": env_cfg.cameras,

@@ -53,13 +53,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if ray.is_initialized():
         return ray.get_runtime_context()
     runtime_env = {"env_vars": process_env()}
+    kw.setdefault("log_to_driver", True)  # benchmarks pass False: their stdout is pure JSON
     if address is None:
         return ray.init(
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",  # loopback unless the user runs their own cluster
             runtime_env=runtime_env,
-            log_to_driver=True,
             **kw,
         )
     return ray.init(address=address, runtime_env=runtime_env, **kw)
