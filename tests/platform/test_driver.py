@@ -18,7 +18,7 @@ TINY = [
     "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
     "policy.vision.channels=[8,16]", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
     "train.batch_size=8", "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2",
-    "eval.videos_per_task=1", "logging.wandb_mode=offline",
+    "eval.videos_per_task=1", "logging.wandb_mode=offline", "stages=[{name: bc, kind: bc}]",
 ]
 
 
