@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -145,6 +145,17 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], root: P
         raise ValueError(f"checkpoint file {root / WEIGHTS_FILE} does not match the model in {root / CONFIG_FILE}: {e}") from e
 
 
+def build_loaded(build: Callable[[Any], nn.Module], cfg: Any, state: dict[str, torch.Tensor], root: Path,
+                 device: str | torch.device) -> nn.Module:
+    """Build a model from ``cfg`` WITHOUT its backbones' pretrained (e.g. ImageNet) weights -- the checkpoint
+    overwrites them anyway -- load ``state`` strictly and return it in eval mode on ``device``."""
+    build_cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"pretrained": False})})
+    model = build(build_cfg)
+    load_state_strict(model, state, root)
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
 def load_pretrained(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, VLAProcessor, PolicyConfig, PolicySpec, dict[str, Any]]:
@@ -157,9 +168,5 @@ def load_pretrained(
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{root}: invalid config.json / processor.json: {e}") from e
 
-    # Pretrained backbones are overwritten by the checkpoint anyway: do not load their ImageNet weights.
-    build_cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"pretrained": False})})
-    policy = build_policy(build_cfg, spec)
-    load_state_strict(policy, state, root)
-    policy.cfg = cfg
-    return policy.to(device).eval(), processor, cfg, spec, config.get("extra", {})
+    policy = build_loaded(lambda c: build_policy(c, spec), cfg, state, root, device)
+    return policy, processor, cfg, spec, config.get("extra", {})

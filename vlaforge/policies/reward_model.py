@@ -24,7 +24,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
 from vlaforge.policies.augment import random_shift
-from vlaforge.policies.io import load_state_strict, read_checkpoint, write_checkpoint
+from vlaforge.policies.io import build_loaded, read_checkpoint, write_checkpoint
 from vlaforge.policies.language import encoder, safe_padding_mask
 from vlaforge.policies.normalize import MeanStd
 from vlaforge.policies.processor import instructions_as_list
@@ -176,12 +176,8 @@ def load_reward_model(directory: str | os.PathLike, device: str | torch.device =
         processor = RewardProcessor.from_dict(proc)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{root}: invalid config.json / processor.json: {e}") from e
-    # Pretrained backbones are overwritten by the checkpoint: do not load their ImageNet weights.
-    build = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"pretrained": False})})
-    model = RewardModel(build, spec)
-    load_state_strict(model, state, root)
-    model.cfg = cfg
-    return model.to(device).eval(), processor, config.get("extra", {})
+    model = build_loaded(lambda c: RewardModel(c, spec), cfg, state, root, device)
+    return model, processor, config.get("extra", {})
 
 
 # -- evaluation helpers (pure tensor functions; learners and rollout actors share them) --------------
