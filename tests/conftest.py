@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vlaforge.platform.runtime import apply_process_env
 
@@ -19,3 +20,13 @@ def ray_cluster():
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread is as fast, and does not thrash when the 2 cores are shared with
+    Ray actors or other jobs (2 spinning OpenMP threads under load made a 1 s test take 70 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

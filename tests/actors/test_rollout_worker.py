@@ -97,12 +97,7 @@ def make_worker(backend: str, max_episode_steps: int = 7, policy=None, weights=N
     return RolloutWorker(env_cfg, PolicySource.from_parts(pcfg, spec, proc), cfg, TASKS, weights or NoWeights(), rank=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_actor_tasks_and_policy_source():

@@ -33,9 +33,7 @@ TINY = dict(enabled=True, dim=32, heads=2, vision={"channels": [8, 16], "keypoin
             language={"vocab_size": 256, "max_tokens": 8, "layers": 0}, lr=2e-3, warmup_steps=10, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def episode(n: int, success_from: int | None, task: str = "t", outcome: bool | None = None, value: int = 0) -> RMEpisode:

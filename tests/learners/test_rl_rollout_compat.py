@@ -16,7 +16,7 @@ from vlaforge.learners.grpo import GRPOObjective
 from vlaforge.learners.ppo import PPOObjective, RLContext
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # fixture: tests/conftest.py
 
 S, A, N_EXEC, K = 4, 4, 3, 4
 TASKS = ["reach-v3", "push-v3"]
@@ -39,12 +39,6 @@ def worker(**over) -> RolloutWorker:
     return RolloutWorker(env, source, cfg, TASKS, Version0(), rank=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ppo_on_real_rollouts_ratio_one_and_bootstrap():

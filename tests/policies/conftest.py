@@ -57,13 +57,8 @@ def make_obs(b: int, v: int = 1, hw: int = 32, with_chunk: bool = False, seed: i
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: one intra-op thread is as fast, and does not thrash when the 2 cores are
-    shared with other jobs (2 spinning OpenMP threads under load made a 1 s test take 70 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):  # tests/conftest.py
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(name="make_obs")
