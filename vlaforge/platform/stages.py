@@ -58,6 +58,13 @@ def stage_fingerprint(recipe: Recipe, stage: StageConfig) -> dict:
     return {"stage": stage.model_dump(mode="json"), **{b: getattr(recipe, b).model_dump(mode="json") for b in blocks}}
 
 
+def save_if_due(ctx: StageContext, learners, stage_dir: Path, done: int, t) -> None:
+    """Collective checkpoint every ``t.checkpoint_every`` steps (BC) or updates (RL), and at the end."""
+    if done % t.checkpoint_every == 0 or done >= t.steps:
+        with ctx.timers.phase("checkpoint"):
+            learners.call("save_checkpoint", str(stage_dir))
+
+
 def final_policy(stage: StageConfig, stage_dir: Path) -> Path:
     """The policy export inside the stage's newest checkpoint (every checkpoint carries one)."""
     from vlaforge.platform import checkpoint as ckpt
@@ -115,9 +122,7 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             bar.update(n)
             bar.set_postfix(loss=f"{m['train/loss']:.4f}")
             ctx.metrics.log({**m, **system_metrics()}, step=base + step)
-            if step % t.checkpoint_every == 0 or step >= t.steps:
-                with ctx.timers.phase("checkpoint"):
-                    learners.call("save_checkpoint", str(stage_dir))
+            save_if_due(ctx, learners, stage_dir, step, t)
         bar.close()
         ctx.step = base + step
         return final_policy(stage, stage_dir)
@@ -192,9 +197,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                 bar.set_postfix(success=f"{batch.metrics['rollout/success_rate']:.2f}")
             ctx.metrics.log({**m, **batch.metrics, **reward_metrics, **system_metrics(),
                              "train/version": float(handle.version)}, step=base + update)
-            if update % t.checkpoint_every == 0 or update >= t.steps:
-                with ctx.timers.phase("checkpoint"):
-                    learners.call("save_checkpoint", str(stage_dir))
+            save_if_due(ctx, learners, stage_dir, update, t)
         bar.close()
         ctx.step = base + update
         return final_policy(stage, stage_dir)
