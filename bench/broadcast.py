@@ -47,7 +47,7 @@ class BenchActor:
         self.group = None
 
     def resize(self, size_mb: float) -> None:
-        from vlaforge.platform.weights import WeightSubscriber
+        from vlaforge.runtime.weights import WeightSubscriber
 
         self.model, self.sub = make_model(size_mb), WeightSubscriber()
 
@@ -67,7 +67,7 @@ class BenchActor:
         return time.perf_counter() - t
 
     def join(self, rank: int, world: int, addr: str, port: int, bucket_mb: float) -> None:
-        from vlaforge.platform.weights import CollectiveBroadcaster
+        from vlaforge.runtime.weights import CollectiveBroadcaster
 
         if self.group is not None:
             self.group.close()
@@ -125,7 +125,7 @@ def bench_torch_pickle(ray, model, actors, reps: int) -> dict:
 
 
 def bench_collective(ray, model, actors, reps: int, bucket_mb: float) -> dict:
-    from vlaforge.platform.weights import CollectiveBroadcaster, layout_of_module, rendezvous_address
+    from vlaforge.runtime.weights import CollectiveBroadcaster, layout_of_module, rendezvous_address
 
     addr, port = rendezvous_address("127.0.0.1")
     world = len(actors) + 1
@@ -162,8 +162,8 @@ def main() -> None:
 
     import ray
 
-    from vlaforge.platform.runtime import init_ray
-    from vlaforge.platform.weights import WeightPublisher
+    from vlaforge.runtime.process import init_ray
+    from vlaforge.runtime.weights import WeightPublisher
 
     init_ray(address=args.address, num_cpus=None if args.address else 4, log_to_driver=False)
     pool = [ray.remote(num_cpus=0.25)(BenchActor).remote() for _ in range(max(counts))]

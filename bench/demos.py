@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from vlaforge.data.config import DemoConfig
     from vlaforge.envs.config import EnvConfig
-    from vlaforge.platform.runtime import apply_process_env, init_ray
+    from vlaforge.runtime.process import apply_process_env, init_ray
 
     apply_process_env()
     if args.quick:

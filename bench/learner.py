@@ -48,7 +48,7 @@ def plain_loop(train, policy_cfg, dataset: Path, warmup: int, steps: int, reps: 
     from vlaforge.learners.engine import lr_scheduler, seed_everything
     from vlaforge.learners.registry import build_objective, total_loss
     from vlaforge.learners.stream import ShardStream
-    from vlaforge.platform.runtime import set_threads
+    from vlaforge.runtime.process import set_threads
     from vlaforge.policies import PolicySpec, VLAProcessor, build_policy
 
     set_threads(train.threads_per_learner)
@@ -93,7 +93,7 @@ def _summary(rates: list[float], batch: int, setup_s: float, final_loss: float) 
 
 def deepspeed_run(train, policy_cfg, dataset: Path, ranks: int, warmup: int, steps: int, reps: int) -> dict:
     from vlaforge.learners.deepspeed_learner import LearnerActor
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     t0 = time.perf_counter()
     cfg = train.model_copy(update={"num_learners": ranks})
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from vlaforge.learners.config import TrainConfig
-    from vlaforge.platform.runtime import init_ray
+    from vlaforge.runtime.process import init_ray
     from vlaforge.policies.config import PolicyConfig
 
     if args.quick:

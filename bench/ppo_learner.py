@@ -41,7 +41,7 @@ def run(train, export: Path, batch, ranks: int, reps: int) -> dict:
     import ray
 
     from vlaforge.learners.rl_learner import RLLearnerActor
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     cfg = train.model_copy(update={"num_learners": ranks})
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vlaforge.learners.config import TrainConfig
     from vlaforge.learners.rl_learner import load_rl_policy
     from vlaforge.learners.synthetic import synthetic_rollout
-    from vlaforge.platform.runtime import init_ray
+    from vlaforge.runtime.process import init_ray
     from vlaforge.policies import PolicyConfig, PolicySpec
 
     if args.quick:

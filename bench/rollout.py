@@ -89,7 +89,7 @@ def policy_parts(env_cfg: EnvConfig, state_dim: int) -> tuple[PolicyConfig, Poli
 
 def bench_full_loop(env_cfg: EnvConfig, k: int, b: int, t: int, iters: int, state_dim: int) -> dict:
     from vlaforge.platform.rollout_pool import RolloutPool
-    from vlaforge.platform.weights import WeightPublisher
+    from vlaforge.runtime.weights import WeightPublisher
 
     pcfg, spec, proc = policy_parts(env_cfg, state_dim)
     learner = build_policy(pcfg, spec)
@@ -124,7 +124,7 @@ def bench_full_loop(env_cfg: EnvConfig, k: int, b: int, t: int, iters: int, stat
 def bench_sim_only(env_cfg: EnvConfig, k: int, b: int, decisions: int, n_exec: int, render_every_step: bool) -> dict:
     import ray
 
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     group = WorkerGroup(SimOnlyWorker, k, cpus_per_worker=1, name="sim-only",
                         init_args=(env_cfg.model_dump(mode="json"), b, n_exec, render_every_step))
@@ -152,7 +152,7 @@ def main() -> None:
     args = ap.parse_args()
     iters = args.iters or (3 if args.quick else 10)
 
-    from vlaforge.platform.runtime import init_ray
+    from vlaforge.runtime.process import init_ray
 
     over = {k: v for k, v in (("image_size", args.image_size), ("render_backend", args.render_backend)) if v is not None}
     env_cfg = EnvConfig(tasks=[TASK], **over)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlaforge.platform.runtime import apply_process_env
+from vlaforge.runtime.process import apply_process_env
 
 apply_process_env()
 
@@ -14,7 +14,7 @@ apply_process_env()
 def ray_cluster():
     import ray
 
-    from vlaforge.platform.runtime import init_ray
+    from vlaforge.runtime.process import init_ray
 
     # 4 logical CPUs on 2 cores: 2 learner ranks + 2 env/eval actors fit at once; tests are small.
     init_ray(num_cpus=4)

@@ -125,7 +125,7 @@ def test_reward_metrics_on_crafted_cases():
 
 @pytest.mark.slow
 def test_reward_workers_as_a_ray_group_match_in_process(ray_cluster, model, tmp_path):
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     m, proc = model
     path = save_reward_model(tmp_path / "rm", m, proc)

@@ -231,7 +231,7 @@ def test_env_that_raises_is_recreated_and_the_call_stays_consistent():
 
 @pytest.mark.slow
 def test_weights_versions_loaded_in_place(ray_cluster):
-    from vlaforge.platform.weights import WeightPublisher, WeightSubscriber
+    from vlaforge.runtime.weights import WeightPublisher, WeightSubscriber
 
     policy = tiny_policy(value_head=False)
     w = make_worker("metaworld", policy=policy, weights=WeightSubscriber())

@@ -16,8 +16,8 @@ import ray
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor
 from vlaforge.learners.engine import param_checksum
-from vlaforge.platform import checkpoint as ckpt
-from vlaforge.platform.worker_group import WorkerError, WorkerGroup
+from vlaforge.runtime import checkpoint as ckpt
+from vlaforge.runtime.worker_group import WorkerError, WorkerGroup
 from vlaforge.policies import load_pretrained
 from vlaforge.policies.config import PolicyConfig
 

@@ -14,8 +14,8 @@ import torch
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.rl_learner import RLLearnerActor, load_rl_policy
 from vlaforge.learners.synthetic import synthetic_rollout
-from vlaforge.platform.weights import WeightSubscriber
-from vlaforge.platform.worker_group import WorkerGroup
+from vlaforge.runtime.weights import WeightSubscriber
+from vlaforge.runtime.worker_group import WorkerGroup
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy, save_pretrained
 
 POLICY = PolicyConfig(dim=32, layers=1, heads=2, chunk_size=4, n_action_steps=2,

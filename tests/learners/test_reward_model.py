@@ -261,7 +261,7 @@ def test_reward_learner_on_two_deepspeed_ranks(ray_cluster, tmp_path):
     from vlaforge.actors.reward import RewardScorer
     from vlaforge.learners.config import TrainConfig
     from vlaforge.learners.reward_learner import RewardLearner
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
     from vlaforge.policies.reward_model import load_reward_model, predict_logits
 
     ray = ray_cluster

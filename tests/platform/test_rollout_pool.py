@@ -20,7 +20,7 @@ from vlaforge.actors.config import RolloutConfig
 from vlaforge.actors.rollout import PolicySource, RolloutWorker
 from vlaforge.envs import EnvConfig
 from vlaforge.platform.rollout_pool import RolloutPool, RolloutPoolError
-from vlaforge.platform.weights import WeightPublisher, WeightsHandle
+from vlaforge.runtime.weights import WeightPublisher, WeightsHandle
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
 
 pytestmark = pytest.mark.slow
@@ -231,12 +231,12 @@ class LearnerStandIn:
         self.policy, self.b = make_policy(seed), None
 
     def address(self) -> tuple[str, int]:
-        from vlaforge.platform.weights import rendezvous_address
+        from vlaforge.runtime.weights import rendezvous_address
 
         return rendezvous_address()
 
     def join(self, addr: str, port: int, world: int) -> None:
-        from vlaforge.platform.weights import CollectiveBroadcaster, layout_of_module
+        from vlaforge.runtime.weights import CollectiveBroadcaster, layout_of_module
 
         self.b = CollectiveBroadcaster(rank=0, world_size=world, master_addr=addr, master_port=port,
                                        layout=layout_of_module(self.policy), backend="gloo", timeout_s=60)

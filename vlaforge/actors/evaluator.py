@@ -33,7 +33,7 @@ class EvalWorker:
     """Ray actor class (wrapped with ray.remote by the caller)."""
 
     def __init__(self, policy_dir: str, env_cfg: dict, threads: int = 1):
-        from vlaforge.platform.runtime import apply_process_env, set_threads
+        from vlaforge.runtime.process import apply_process_env, set_threads
         from vlaforge.policies.io import load_pretrained
         from vlaforge.policies.runner import PolicyRunner
 

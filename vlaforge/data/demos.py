@@ -108,7 +108,7 @@ def generate_demos(
     if dest.exists():
         raise FileExistsError(f"{dest} exists but holds another dataset (hash != {digest}); remove it or pick out_dir")
     if not ray.is_initialized():
-        raise RuntimeError("generate_demos needs Ray: call vlaforge.platform.runtime.init_ray() first")
+        raise RuntimeError("generate_demos needs Ray: call vlaforge.runtime.process.init_ray() first")
 
     tasks = resolve_tasks(env_cfg.tasks)
     target = demo_cfg.episodes_per_task

@@ -12,7 +12,7 @@ from typing import Sequence
 
 # Headless OpenGL for mujoco.Renderer. Must be set before the first `import mujoco` anywhere in the
 # process (mujoco picks its GL backend at import); every vlaforge.envs.* import runs this file first.
-# The platform layer sets the same defaults (vlaforge/platform/runtime.py) for Ray actors.
+# The platform layer sets the same defaults (vlaforge/runtime/process.py) for Ray actors.
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from vlaforge.envs.render import camera_flips, camera_ids, orient
 
-# Same default as vlaforge.platform.runtime.process_env (envs must not import the platform layer):
+# Same default as vlaforge.runtime.process.process_env (envs must not import the platform layer):
 # a stable kernel cache so every process and Ray actor reuses the ~40 s compile.
 os.environ.setdefault(
     "WARP_CACHE_PATH",

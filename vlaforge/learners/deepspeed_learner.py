@@ -1,4 +1,4 @@
-"""LearnerActor: one DeepSpeed rank. A plain class; vlaforge.platform.worker_group.WorkerGroup launches N of
+"""LearnerActor: one DeepSpeed rank. A plain class; vlaforge.runtime.worker_group.WorkerGroup launches N of
 them as Ray actors with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT / LOCAL_RANK already set.
 
     group = WorkerGroup(LearnerActor, train.num_learners, cpus_per_worker=train.cpus_per_learner, ...)
@@ -35,8 +35,8 @@ from vlaforge.learners.engine import (
 )
 from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.learners.stream import ShardStream
-from vlaforge.platform import checkpoint as ckpt
-from vlaforge.platform.runtime import apply_process_env, set_threads
+from vlaforge.runtime import checkpoint as ckpt
+from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy, save_pretrained
 
 

@@ -1,7 +1,7 @@
 """Plain DeepSpeed helpers: the config dict built from TrainConfig, the LR schedule, state checksums.
 
 Learner code stays plain DeepSpeed (``deepspeed.initialize`` + ``engine.backward`` + ``engine.step``); the
-Ray / rank plumbing lives in vlaforge.platform.worker_group.
+Ray / rank plumbing lives in vlaforge.runtime.worker_group.
 """
 
 from __future__ import annotations

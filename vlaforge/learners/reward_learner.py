@@ -26,7 +26,7 @@ from vlaforge.learners.engine import backend, ds_config, lr_scheduler, micro_bat
 from vlaforge.learners.registry import build_objective
 from vlaforge.learners.reward_model import evaluate_reward_model, prepare_batch, spec_of, train_config_for
 from vlaforge.learners.stream import ShardStream
-from vlaforge.platform.runtime import apply_process_env, set_threads
+from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies.reward_config import RewardModelConfig
 from vlaforge.policies.reward_model import RewardModel, RewardProcessor, save_reward_model
 

@@ -31,8 +31,8 @@ from vlaforge.learners.deepspeed_learner import LearnerActor, _model
 from vlaforge.learners.engine import backend, ds_config, lr_scheduler, seed_everything
 from vlaforge.learners.ppo import RLContext
 from vlaforge.learners.registry import OBJECTIVES, build_objective, total_loss
-from vlaforge.platform import checkpoint as ckpt
-from vlaforge.platform.runtime import apply_process_env, set_threads
+from vlaforge.runtime import checkpoint as ckpt
+from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies import build_policy
 from vlaforge.policies.io import load_pretrained
 
@@ -223,7 +223,7 @@ class RLLearnerActor(LearnerActor):
         """Rank 0: publish the trainable parameters (object store) -> WeightsHandle; other ranks: None.
         One version per update: calling again without an update returns the same handle. Call it on every
         rank (``group.call``) so that every rank tracks the version."""
-        from vlaforge.platform.weights import WeightPublisher
+        from vlaforge.runtime.weights import WeightPublisher
 
         if self.rank == 0 and self._publisher is None:
             self._publisher = WeightPublisher(trainable_only=True, start_version=self.version)

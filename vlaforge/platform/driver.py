@@ -78,7 +78,7 @@ def _setup_logging(run_dir: Path) -> None:
 
 
 def _init_ray(recipe: Recipe) -> None:
-    from vlaforge.platform.runtime import init_ray
+    from vlaforge.runtime.process import init_ray
 
     init_ray(recipe.ray.address, num_cpus=recipe.ray.num_cpus, dashboard=recipe.ray.dashboard)
 
@@ -213,7 +213,7 @@ def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: 
 
 # -- vlaforge eval -------------------------------------------------------------------------------------
 def _find_policy_dir(path: Path) -> Path:
-    from vlaforge.platform import checkpoint as ckpt
+    from vlaforge.runtime import checkpoint as ckpt
 
     if (path / "model.safetensors").exists():
         return path

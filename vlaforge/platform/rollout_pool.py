@@ -52,8 +52,8 @@ from vlaforge.actors.config import RolloutConfig
 from vlaforge.actors.rollout import PolicySource, RolloutEnvError, RolloutWorker
 from vlaforge.actors.trajectory import EpisodeStats, RolloutResult
 from vlaforge.envs.config import EnvConfig
-from vlaforge.platform.weights import CollectiveBroadcaster, WeightsHandle, WeightSubscriber
-from vlaforge.platform.worker_group import WorkerGroup
+from vlaforge.runtime.weights import CollectiveBroadcaster, WeightsHandle, WeightSubscriber
+from vlaforge.runtime.worker_group import WorkerGroup
 
 log = logging.getLogger(__name__)
 _POOL_IDS = itertools.count()  # placement-group names must be unique within a job

@@ -67,7 +67,7 @@ def save_if_due(ctx: StageContext, learners, stage_dir: Path, done: int, t) -> N
 
 def final_policy(stage: StageConfig, stage_dir: Path) -> Path:
     """The policy export inside the stage's newest checkpoint (every checkpoint carries one)."""
-    from vlaforge.platform import checkpoint as ckpt
+    from vlaforge.runtime import checkpoint as ckpt
 
     final = ckpt.find_latest(stage_dir)
     if final is None:
@@ -93,9 +93,9 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from tqdm import tqdm
 
     from vlaforge.learners.deepspeed_learner import LearnerActor
-    from vlaforge.platform import checkpoint as ckpt
+    from vlaforge.runtime import checkpoint as ckpt
     from vlaforge.platform.metrics import system_metrics
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     t = recipe.train
     dataset = dataset_for(ctx, recipe)
@@ -149,10 +149,10 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from vlaforge.actors.rollout import PolicySource
     from vlaforge.envs import resolve_tasks
     from vlaforge.learners.rl_learner import RLLearnerActor
-    from vlaforge.platform import checkpoint as ckpt
+    from vlaforge.runtime import checkpoint as ckpt
     from vlaforge.platform.metrics import system_metrics
     from vlaforge.platform.rollout_pool import RolloutPool
-    from vlaforge.platform.worker_group import WorkerGroup
+    from vlaforge.runtime.worker_group import WorkerGroup
 
     if init is None:
         raise VlaforgeError(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlaforge.platform.weights import (
+from vlaforge.runtime.weights import (
     BroadcastConfig, CollectiveBroadcaster, LayoutMismatchError, WeightPublisher, WeightsHandle, WeightSubscriber,
     broadcaster_from_config, layout_of_module, make_broadcaster, rendezvous_address,
 )

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from vlaforge.platform.weights.packing import FlatWeights, Layout, TensorSource, pack, unpack_into
+from vlaforge.runtime.weights.packing import FlatWeights, Layout, TensorSource, pack, unpack_into
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 import cloudpickle
 import pytest
 
-from vlaforge.platform.worker_group import WorkerError, WorkerGroup
+from vlaforge.runtime.worker_group import WorkerError, WorkerGroup
 
 # The test module is not importable inside Ray workers (pytest importlib mode): ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

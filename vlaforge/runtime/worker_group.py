@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from vlaforge.platform.runtime import process_env
+from vlaforge.runtime.process import process_env
 
 
 class WorkerError(RuntimeError):

@@ -15,9 +15,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from vlaforge.config_base import StrictModel
-from vlaforge.platform.weights.collective import CollectiveBroadcaster
-from vlaforge.platform.weights.object_store import WeightPublisher, WeightsHandle, WeightSubscriber
-from vlaforge.platform.weights.packing import FlatWeights, TensorSource
+from vlaforge.runtime.weights.collective import CollectiveBroadcaster
+from vlaforge.runtime.weights.object_store import WeightPublisher, WeightsHandle, WeightSubscriber
+from vlaforge.runtime.weights.packing import FlatWeights, TensorSource
 
 Role = Literal["publisher", "subscriber"]
 

@@ -39,9 +39,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vlaforge.platform.weights.buckets import BucketPlan, gather_bucket, module_flat_views, plan_buckets, scatter_bucket
-from vlaforge.platform.weights.object_store import WeightsHandle
-from vlaforge.platform.weights.packing import (
+from vlaforge.runtime.weights.buckets import BucketPlan, gather_bucket, module_flat_views, plan_buckets, scatter_bucket
+from vlaforge.runtime.weights.object_store import WeightsHandle
+from vlaforge.runtime.weights.packing import (
     FlatWeights, Layout, LayoutMismatchError, TensorSource, _torch_view, check_layout, diff_layouts, layout_of,
     named_tensors, torch_dtype,
 )

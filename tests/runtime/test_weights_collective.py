@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from vlaforge.platform.weights import CollectiveBroadcaster, layout_of_module, rendezvous_address
-from vlaforge.platform.weights.packing import diff_layouts, pack
+from vlaforge.runtime.weights import CollectiveBroadcaster, layout_of_module, rendezvous_address
+from vlaforge.runtime.weights.packing import diff_layouts, pack
 
 
 def make_model(seed: int, hidden: int = 300) -> nn.Module:

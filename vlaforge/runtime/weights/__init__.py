@@ -6,13 +6,13 @@ broadcast (NCCL on GPUs; tested here with gloo). Only trainable parameters trave
 versioned so a replica loads only newer weights.
 """
 
-from vlaforge.platform.weights.buckets import Bucket, BucketPlan, Segment, plan_buckets
-from vlaforge.platform.weights.collective import GROUP_BACKENDS, CollectiveBroadcaster, rendezvous_address
-from vlaforge.platform.weights.object_store import WeightPublisher, WeightsHandle, WeightSubscriber
-from vlaforge.platform.weights.packing import (
+from vlaforge.runtime.weights.buckets import Bucket, BucketPlan, Segment, plan_buckets
+from vlaforge.runtime.weights.collective import GROUP_BACKENDS, CollectiveBroadcaster, rendezvous_address
+from vlaforge.runtime.weights.object_store import WeightPublisher, WeightsHandle, WeightSubscriber
+from vlaforge.runtime.weights.packing import (
     FlatWeights, Layout, LayoutMismatchError, ParamSpec, check_layout, layout_of_module, pack, unpack_into,
 )
-from vlaforge.platform.weights.registry import (
+from vlaforge.runtime.weights.registry import (
     BROADCASTERS, BroadcastConfig, WeightSink, WeightSource, broadcaster_from_config, make_broadcaster,
 )
 

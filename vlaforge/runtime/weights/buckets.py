@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlaforge.platform.weights.packing import Layout, torch_dtype
+from vlaforge.runtime.weights.packing import Layout, torch_dtype
 
 
 @dataclass(frozen=True)

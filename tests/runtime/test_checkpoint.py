@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlaforge.platform import checkpoint as ckpt
+from vlaforge.runtime import checkpoint as ckpt
 
 
 def _draws():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from vlaforge.platform.weights import (
+from vlaforge.runtime.weights import (
     FlatWeights, Layout, LayoutMismatchError, check_layout, layout_of_module, pack, plan_buckets, unpack_into,
 )
-from vlaforge.platform.weights.buckets import gather_bucket, module_flat_views, scatter_bucket
-from vlaforge.platform.weights.packing import _torch_view
+from vlaforge.runtime.weights.buckets import gather_bucket, module_flat_views, scatter_bucket
+from vlaforge.runtime.weights.packing import _torch_view
 
 
 def make_model(seed: int, hidden: int = 16) -> nn.Module:
