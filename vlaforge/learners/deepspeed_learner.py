@@ -35,6 +35,7 @@ from vlaforge.learners.engine import (
 )
 from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.learners.stream import ShardStream
+from vlaforge.manifest import write_manifest
 from vlaforge.runtime import checkpoint as ckpt
 from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy, save_pretrained
@@ -185,7 +186,8 @@ class LearnerActor:
         }
 
     def save_checkpoint(self, run_dir: str) -> str:
-        """Collective: <run_dir>/checkpoints/step-N (DeepSpeed state + RNG + data position + policy export)."""
+        """Collective: <run_dir>/checkpoints/step-N (DeepSpeed state + RNG + data position + policy export),
+        committed atomically with a manifest (runtime/checkpoint.py); returns the committed folder."""
         path = ckpt.save(
             self.engine, run_dir, self.global_step, rank=self.rank, meta=self._meta(),
             rank_state={"data": self.stream.state_dict()}, keep=self.train_cfg.keep_checkpoints,
@@ -194,7 +196,8 @@ class LearnerActor:
         return str(path)
 
     def load_checkpoint(self, path: str) -> int:
-        """Collective: a run dir (its latest), its checkpoints dir, or a step-N dir. Returns the global step."""
+        """Collective: a run dir (its latest that verifies), its checkpoints dir, or a step-N dir. Every rank
+        verifies the manifest before DeepSpeed unpickles anything. Returns the global step."""
         step, state = ckpt.load(self.engine, path, rank=self.rank, meta=self._meta())
         self.stream.load_state_dict(state["data"])
         if step != self.global_step:
@@ -216,6 +219,8 @@ class LearnerActor:
                     self._write_policy(module, directory)
         elif self.rank == 0:
             self._write_policy(module, directory)
+        if self.rank == 0:  # the export's own sha256 manifest: verified loading / publication check it
+            write_manifest(directory)
 
     def _write_policy(self, module: torch.nn.Module, directory: Path) -> None:
         save_pretrained(directory, module, self.processor, self.policy_cfg, self.spec,
