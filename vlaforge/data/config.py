@@ -42,3 +42,6 @@ class DataConfig(StrictModel):
     # A LeRobot v3 dataset folder to train on instead of generated demos (null: use ``demos``).
     path: str | None = None
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # episodes held out for a validation loss
+    # A truncated / corrupt parquet or mp4 file: false (default) stops with an error naming the file and its
+    # episodes; true trains on the other episodes, logs each skipped one and counts them (data/skipped_episodes).
+    skip_bad_episodes: bool = False

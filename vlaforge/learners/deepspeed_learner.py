@@ -59,11 +59,13 @@ class LearnerActor:
         policy_spec: PolicySpec | dict | None = None,
         episodes: list[int] | None = None,
         init_policy: str | None = None,
+        skip_bad_episodes: bool = False,
     ) -> dict[str, Any]:
         """Collective. ``policy_spec`` defaults to the dataset's shapes; ``episodes`` selects a split;
         ``init_policy`` (an exported policy folder) gives the starting weights and processor (a stage
-        that continues a previous one) instead of a fresh initialisation.
-        Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec}."""
+        that continues a previous one) instead of a fresh initialisation; ``skip_bad_episodes`` (the
+        recipe's data.skip_bad_episodes) drops episodes of unreadable files instead of failing.
+        Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec, bad_episodes}."""
         apply_process_env()
         self.train_cfg, self.policy_cfg = _model(train, TrainConfig), _model(policy, PolicyConfig)
         set_threads(self.train_cfg.threads_per_learner)
@@ -75,7 +77,8 @@ class LearnerActor:
 
         from vlaforge.data.dataset import ChunkDataset
 
-        self.dataset = ChunkDataset(dataset_path, chunk_size=self.policy_cfg.chunk_size, episodes=episodes)
+        self.dataset = ChunkDataset(dataset_path, chunk_size=self.policy_cfg.chunk_size, episodes=episodes,
+                                    skip_bad_episodes=skip_bad_episodes)
         data_spec = PolicySpec(
             image_shape=tuple(self.dataset.images.shape[1:]),  # (V, H, W, 3)
             state_dim=self.dataset.state.shape[1],
@@ -112,6 +115,7 @@ class LearnerActor:
             "num_samples": len(self.dataset),
             "batches_per_epoch": self.stream.batches_per_epoch,
             "spec": spec.to_dict(),
+            "bad_episodes": {str(e): why for e, why in self.dataset.bad_episodes.items()},  # skipped: episode -> why
         }
 
     # -- training -------------------------------------------------------------------------------------
