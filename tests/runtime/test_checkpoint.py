@@ -107,6 +107,8 @@ def test_commit_manifest_latest_prune_and_resave(tmp_path):
             "rank_state/rank-00000.done", "policy/model.safetensors"} == set(files)
     manifest.verify_manifest(ckpts / "step-30" / "policy")  # the export carries its own manifest
     assert ckpt.resolve(run) == ckpt.resolve(ckpts) == ckpts / "step-30"
+    (ckpts / "step-30" / "policy" / "run_card.json").write_text("{}")  # the driver adds it after the stage
+    assert ckpt.find_latest(run, fallback=False) == ckpts / "step-30"
     assert ckpt.resolve(ckpts / "step-20") == ckpts / "step-20"  # an explicit older step
     assert _load(run) == (30.0, 30)
 

@@ -129,11 +129,18 @@ def _write_latest(ckpts: Path, name: str) -> None:
 
 # -- verification ----------------------------------------------------------------------------------------
 def verify(step_dir: Path) -> None:
-    """Raise CheckpointError naming the first file that does not match the manifest (or an unlisted file)."""
+    """Raise CheckpointError naming the first file that does not match the manifest, or an unlisted file at
+    the top of the folder: DeepSpeed globs its pickles there (``mp_rank_*_model_states.pt``), so a file the
+    run did not write must never sit beside them. Unlisted files deeper down are tolerated (the driver adds
+    ``policy/run_card.json`` to the final checkpoint's export after the commit; nothing unpickles there)."""
     try:
-        verify_manifest(step_dir, allow_extra=False)
+        listed = verify_manifest(step_dir)["files"]
     except ManifestError as e:
         raise CheckpointError(f"checkpoint {step_dir} failed verification: {e}") from None
+    extra = sorted(p.name for p in step_dir.iterdir() if not p.is_dir() and p.name not in listed and p.name != MANIFEST)
+    if extra:
+        raise CheckpointError(f"checkpoint {step_dir} failed verification: {', '.join(extra[:5])} not in its "
+                              f"{MANIFEST} (a file this run did not write, beside the files DeepSpeed unpickles)")
     try:
         json.loads((step_dir / META).read_text())
     except (OSError, ValueError) as e:
