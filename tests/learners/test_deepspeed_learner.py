@@ -4,13 +4,16 @@ One learner group serves the whole module (DeepSpeed init costs seconds per proc
 falls with bit-identical ranks; then checkpoint -> crash mid-save -> kill the group -> a new group resumes
 with identical parameters, optimizer state and data position, and continues EXACTLY as the killed one did;
 then a truncated newest checkpoint: refused before DeepSpeed unpickles it, resume falls back to the previous
-one with a warning, and re-saving that step supersedes the bad one.
+one with a warning, and re-saving that step supersedes the bad one; last, a dataset with a truncated parquet
+and a truncated mp4: setup fails naming the file and episode, or (skip_bad_episodes) trains on the rest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,19 @@ def test_truncated_newest_checkpoint_is_refused_and_resume_falls_back(run, caplo
 
 def _step(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
+
+
+def test_damaged_dataset_names_file_and_episode_or_trains_on_the_rest(run, tiny_dataset_per_file, tmp_path):
+    """The last test of the module: it re-runs setup on the group with another dataset."""
+    group, root = run["group"], tmp_path / "damaged"
+    shutil.copytree(tiny_dataset_per_file, root)
+    for bad in (root / "data/chunk-000/file-002.parquet", root / "videos/observation.images.main/chunk-000/file-004.mp4"):
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(WorkerError, match=r"file-002.parquet \(episode 2\): unreadable parquet, truncated or corrupt.*"
+                                          r"data.skip_bad_episodes"):
+        group.call("setup", TRAIN.model_dump(), POLICY.model_dump(), str(root), timeout=300)
+    info = group.call("setup", TRAIN.model_dump(), POLICY.model_dump(), str(root), skip_bad_episodes=True, timeout=300)
+    assert info[0]["bad_episodes"] == info[1]["bad_episodes"] and set(info[0]["bad_episodes"]) == {"2", "4"}
+    assert "file-004.mp4" in info[0]["bad_episodes"]["4"] and info[0]["num_samples"] == 4 * 16
+    m = group.call("train_steps", 3)[0]
+    assert m["train/step"] == 3 and math.isfinite(m["train/loss"])

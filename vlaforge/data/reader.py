@@ -40,13 +40,16 @@ class DataFileError(VlaforgeError, ValueError):
     """A dataset file cannot be read or does not match the episodes table; names the file and its episodes."""
 
     def __init__(self, path: Path, episodes: Sequence[int], reason: str):
-        self.path, self.episodes = Path(path), [int(e) for e in episodes]
+        self.path, self.episodes, self.reason = Path(path), [int(e) for e in episodes], reason
         if not self.episodes:  # a metadata file: nothing to skip
             super().__init__(f"{path}: {reason}")
             return
         eps = ", ".join(map(str, self.episodes[:20])) + (" ..." if len(self.episodes) > 20 else "")
         super().__init__(f"{path} (episode{'s' if len(self.episodes) != 1 else ''} {eps}): {reason}. Regenerate "
                          "the dataset, or set data.skip_bad_episodes: true to train on the other episodes")
+
+    def __reduce__(self):  # picklable with its fields (it crosses Ray's process boundary from learner ranks)
+        return type(self), (self.path, self.episodes, self.reason)
 
 
 class DatasetReader:

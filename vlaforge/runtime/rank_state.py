@@ -130,5 +130,8 @@ def check_rank_parts(step_dir: Path, world_size: int) -> None:
 
 class MissingRankPart(CheckpointError):
     def __init__(self, rank: int, message: str):
-        self.rank = rank
+        self.rank, self.detail = rank, message
         super().__init__(f"refusing to commit the checkpoint: {message}")
+
+    def __reduce__(self):  # picklable with its fields (it crosses Ray's process boundary)
+        return type(self), (self.rank, self.detail)
