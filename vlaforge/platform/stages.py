@@ -278,7 +278,8 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
                 rollouts.append(pool.sample(None).data)
     with ctx.timers.phase("reward_model"):
         train, heldout = build_reward_data(cfg, datasets=[dataset_for(ctx, recipe)], rollouts=rollouts,
-                                           task_names=list(ALL_TASKS), seed=recipe.seed)
+                                           task_names=list(ALL_TASKS), seed=recipe.seed,
+                                           skip_bad_episodes=recipe.data.skip_bad_episodes)
         model, processor, metrics = train_reward_model(train, cfg, eval_data=heldout)
     save_reward_model(stage_dir / "reward_model", model, processor, extra={"metrics": metrics})
     ctx.metrics.log({f"reward/{k.replace('/', '_')}": v for k, v in metrics.items()}, step=ctx.step)

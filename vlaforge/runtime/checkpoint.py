@@ -118,7 +118,7 @@ def read_latest(ckpts: Path) -> str | None:
 
 
 def _write_latest(ckpts: Path, name: str) -> None:
-    tmp = ckpts / f".{LATEST}.tmp-{os.getpid()}"
+    tmp = ckpts / f"{TMP_PREFIX}{LATEST}-{os.getpid()}"  # a crash leaves it to the next save's cleanup
     with open(tmp, "w") as f:
         f.write(name)
         f.flush()
