@@ -105,11 +105,12 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         with ctx.timers.phase("learner_setup"):
             info = learners.call("setup", t, recipe.policy, str(dataset), init_policy=str(init) if init else None,
                                  skip_bad_episodes=recipe.data.skip_bad_episodes)[0]
-        if info["bad_episodes"]:  # data.skip_bad_episodes: trained on the rest; counted in the metrics + summary
-            log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
-                        dataset, "; ".join(f"{e}: {why}" for e, why in sorted(info["bad_episodes"].items())[:5]))
-        ctx.metrics.log({"data/skipped_episodes": float(len(info["bad_episodes"]))}, step=ctx.step)
-        ctx.metrics.summary({f"data/{stage.name}_skipped_episodes": len(info["bad_episodes"])})
+        if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
+            if info["bad_episodes"]:
+                log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
+                            dataset, "; ".join(f"{e}: {why}" for e, why in sorted(info["bad_episodes"].items())[:5]))
+            ctx.metrics.log({"data/skipped_episodes": float(len(info["bad_episodes"]))}, step=ctx.step)
+            ctx.metrics.summary({f"data/{stage.name}_skipped_episodes": len(info["bad_episodes"])})
         log.info("%s: %d DeepSpeed ranks, %.2fM parameters, %d samples%s", stage.name, info["world_size"],
                  info["num_params"] / 1e6, info["num_samples"], f", from {init}" if init else "")
         step = 0

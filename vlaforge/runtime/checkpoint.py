@@ -263,7 +263,9 @@ def _share_outcome(status: int) -> int:
     """Rank 0's commit outcome to every rank (-1: committed, r >= 0: rank r's part missing, -2: other)."""
     if not (dist.is_available() and dist.is_initialized()):
         return status
-    t = torch.tensor([status], dtype=torch.int64)
+    # NCCL only moves GPU tensors; gloo (CPU clusters) moves CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([status], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
 
