@@ -41,4 +41,3 @@ class DemoConfig(StrictModel):
 class DataConfig(StrictModel):
     # A LeRobot v3 dataset folder to train on instead of generated demos (null: use ``demos``).
     path: str | None = None
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # episodes held out for a validation loss

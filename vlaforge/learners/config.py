@@ -67,7 +67,10 @@ class TrainConfig(StrictModel):
     gpus_per_learner: float = Field(0.0, ge=0)
     threads_per_learner: int = Field(1, ge=1)  # torch intra-op threads (Ray sets OMP_NUM_THREADS=1)
     steps: int = Field(1000, ge=1)  # optimizer steps
-    batch_size: int = Field(64, ge=1)  # global batch, split evenly over the ranks
+    # BC: global batch per optimizer step, split evenly over the ranks (DeepSpeed: micro batch x ranks, no
+    # gradient accumulation). RL stages take their minibatches from the rollout batch (ppo/grpo.num_minibatches)
+    # and use it only for DeepSpeed's config, which still needs it divisible by the ranks.
+    batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
