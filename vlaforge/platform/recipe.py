@@ -224,7 +224,8 @@ def _load_with_bases(file: Path, src: Source, seen: tuple[Path, ...] = ()) -> di
 
 # -- command-line overrides ---------------------------------------------------------------------------
 def apply_override(data: dict[str, Any], text: str, src: Source) -> None:
-    """``a.b.c=value``; the value is parsed as YAML (``[x,y]`` is a list, ``3`` an int, ``null`` None)."""
+    """``a.b.c=value``; the value is parsed as YAML (``[x,y]`` is a list, ``3`` an int, ``null`` None).
+    A number indexes a list: ``stages.1.set.train.lr=1e-5``."""
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
     key, raw = text.split("=", 1)
@@ -232,16 +233,22 @@ def apply_override(data: dict[str, Any], text: str, src: Source) -> None:
     if not path:
         raise RecipeError(f"override {text!r}: empty key")
     # the same bounded safe loader as recipe files (an alias bomb on the command line is refused too)
-    value = _parse_yaml(raw, f"override {text!r}: cannot parse the value", Source()) if raw.strip() else None
-    node = data
-    for i, p in enumerate(path[:-1]):
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise RecipeError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a mapping")
-        node = nxt
-    node[path[-1]] = value
+    value = _parse_yaml(raw, f"override {text!r}", Source()) if raw.strip() else None
+    node: Any = data
+    for i, p in enumerate(path):
+        here = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not (p.isdigit() and int(p) < len(node)):
+                raise RecipeError(f"override {text!r}: {here}: the list has {len(node)} entries (indices 0-{len(node) - 1})")
+            p = int(p)
+        elif not isinstance(node, dict):
+            raise RecipeError(f"override {text!r}: {'.'.join(path[:i])} is not a mapping or a list")
+        if i == len(path) - 1:
+            node[p] = value
+        else:
+            if isinstance(node, dict) and node.get(p) is None:
+                node[p] = {}
+            node = node[p]
     for k in [k for k in src.where if k[: len(path)] == path]:  # the file's lines under a replaced value are stale
         del src.where[k]
     for n in range(1, len(path) + 1):

@@ -101,7 +101,7 @@ def rollout_rows_per_rank(v: View, ctx: Context):
     r, n = v.recipe.rollout, v.recipe.train.num_learners
     rows = r.num_actors * r.envs_per_actor
     if rows < n:
-        yield (("rollout", "envs_per_actor"), r.envs_per_actor,
+        yield (("rollout", "num_actors"), r.num_actors,
                f"rollout.num_actors x rollout.envs_per_actor = {rows} rollout rows per update cannot be split over "
                f"train.num_learners ({n}) ranks: every rank trains on its share of the rows; sample >= {n} rows")
 
