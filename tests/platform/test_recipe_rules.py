@@ -75,6 +75,8 @@ CASES = [
      "unknown action normaliser. Did you mean 'min_max'?"),
     ("env-backend", "envs:\n  backend: metaworl\n", "3: envs.backend = 'metaworl'", "unknown env backend. Did you mean 'metaworld'?"),
     ("task", "envs:\n  tasks: [reach-v3, pushh-v3]\n", "3: envs.tasks.1", "Did you mean 'push-v3'?"),
+    ("grpo-score", "train:\n  grpo:\n    score: sucess\n", "4: train.grpo.score = 'sucess'",
+     "unknown GRPO trajectory score. Did you mean 'success'?"),
     ("broadcast-unknown", "rollout:\n  broadcast: nccl\n", "3: rollout.broadcast = 'nccl'", "unknown weight broadcast"),
     ("broadcast-collective-not-wired", "rollout:\n  broadcast: collective\n", "3: rollout.broadcast = 'collective'",
      "not wired into the stages yet"),
@@ -109,7 +111,7 @@ CASES = [
     ("stage-sets-ray", PPO_STAGES.format(kind="ppo", set="      ray:\n        num_cpus: 8\n"), "7: stages.1.set.ray",
      "a stage cannot set 'ray'"),
     ("wandb-mode", "logging:\n  wandb_mode: offlne\n", "3: logging.wandb_mode", "'offline', 'online' or 'disabled'"),
-    ("removed-val-fraction", "data:\n  val_fraction: 0.1\n", "3: data.val_fraction", "unknown key"),
+    ("removed-val-fraction", "data:\n  val_fraction: 0.1\n", "2: data", "data.val_fraction is not implemented"),
     ("zero-learners", "train:\n  num_learners: 0\n", "3: train.num_learners", "greater than or equal to 1"),
 ]
 
@@ -280,3 +282,13 @@ def test_cli_subprocess_refuses_yaml_hazards_without_traceback(tmp_path, text):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and "RecursionError" not in p.stderr
     assert p.stderr.startswith(f"error: {f}")
+
+
+def test_render_backend_literal_matches_its_registry():
+    # The one Literal left beside a registry: reading RENDER_BACKENDS imports mujoco, which `recipe check` avoids.
+    from typing import get_args
+
+    from vlaforge.envs.config import EnvConfig
+    from vlaforge.envs.render import RENDER_BACKENDS
+
+    assert set(get_args(EnvConfig.model_fields["render_backend"].annotation)) == set(RENDER_BACKENDS)

@@ -67,6 +67,12 @@ def _env_backends() -> Iterable[str]:
     return set(ENV_REGISTRY) | set(BACKEND_MODULES)  # lazy backends register when first built
 
 
+def _grpo_scores() -> Iterable[str]:
+    from vlaforge.learners.grpo import SCORES
+
+    return SCORES
+
+
 def _broadcasters() -> Iterable[str]:
     from vlaforge.runtime.weights.registry import BROADCASTERS
 
@@ -94,6 +100,7 @@ NAMED_FIELDS: dict[Path_, Named] = {
     ("reward_model", "language", "type"): LANGUAGE,
     ("envs", "backend"): Named("env backend", _env_backends),
     ("rollout", "broadcast"): Named("weight broadcast", _broadcasters),
+    ("train", "grpo", "score"): Named("GRPO trajectory score", _grpo_scores),
 }
 STAGE_KIND = Named("stage kind", _stage_kinds)
 
