@@ -150,6 +150,27 @@ def broadcast_is_wired(v: View, ctx: Context):
                f"group); use 'object_store'")
 
 
+def _task_count(r: Recipe) -> int | None:
+    """Tasks after benchmark expansion, counted without importing Meta-World (MT10 -> 10); None if unknown."""
+    if r.envs.backend != "metaworld":
+        return None
+    from vlaforge.envs.tasks import BENCHMARKS
+
+    return sum(int(t.upper()[2:]) if t.upper() in BENCHMARKS else 1 for t in r.envs.tasks)
+
+
+@rule
+def warp_actors_cover_tasks(v: View, ctx: Context):
+    """MuJoCo-Warp renders one scene per env, so each rollout actor runs ONE task (actors/rollout.py
+    actor_tasks): with fewer actors than tasks, some tasks would never be trained on."""
+    r = v.recipe
+    n = _task_count(r)
+    if r.envs.render_backend == "warp" and n and any("rollout" in p for p in v.kind.phases) and r.rollout.num_actors < n:
+        yield (("rollout", "num_actors"), r.rollout.num_actors,
+               f"with envs.render_backend 'warp' every rollout actor runs one task: {n} tasks need rollout.num_actors "
+               f">= {n} (or use render_backend 'plain')")
+
+
 # -- what a stage needs from the stages before it --------------------------------------------------------------
 @rule
 def starting_policy(v: View, ctx: Context):
