@@ -294,3 +294,21 @@ def test_render_backend_literal_matches_its_registry():
     from vlaforge.envs.render import RENDER_BACKENDS
 
     assert set(get_args(EnvConfig.model_fields["render_backend"].annotation)) == set(RENDER_BACKENDS)
+
+
+def test_registrations_read_from_source_match_the_registries():
+    """The fast path of the name checks (registrations read from the source with ast, no import) must agree
+    with every registry once its modules are imported -- or recipe check would accept a name that fails later."""
+    from vlaforge.platform.recipe_names import NAMED_FIELDS
+
+    for path, named in NAMED_FIELDS.items():
+        if named.layer is not None:
+            assert named.written() == set(named.names()), ".".join(path)
+
+
+def test_recipe_check_imports_no_torch():
+    code = ("import sys; from vlaforge.platform.recipe import check_recipe; check_recipe('configs/ppo_metaworld_rm.yaml');"
+            "heavy = [m for m in ('torch', 'tensordict', 'ray', 'mujoco', 'metaworld') if m in sys.modules];"
+            "assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr

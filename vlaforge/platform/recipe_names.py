@@ -6,16 +6,27 @@ a weight transport. Each lives in a registry in its own layer; the schema keeps 
 it names, with the valid names and the closest match. A new head, backbone or stage kind is therefore one
 registration: nothing here or in the schema changes.
 
-Cost: reading a registry imports the module that fills it. The recipe schema already imports the
-policies, learners and envs packages (their ``__init__`` files register everything), so the lookups below
-add no import to ``vlaforge recipe check``; see notes/readme-validate.md for the measured time.
+Cost: a registry is filled by importing the modules that register into it -- torch, tensordict and
+every model file, several seconds -- while the schema itself imports none of that. So a name is first
+looked up in the registrations WRITTEN in the layer's source (``register_head("flow")``,
+``HEAD_REGISTRY.register("x")``, ``SCORES = {"success": ...}``), read with ``ast`` without importing
+anything (~50 ms); only a name not found there (a typo, or one registered at run time) imports the
+registry, which then decides and lists the valid names. tests/platform/test_recipe_rules.py checks that
+the source scan and every imported registry agree, so the fast path never accepts a name the registry lacks.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import sys
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import vlaforge
 
 from vlaforge.platform.config import Recipe
 
@@ -62,9 +73,10 @@ def _normalizers() -> Iterable[str]:
 
 
 def _env_backends() -> Iterable[str]:
-    from vlaforge.envs import BACKEND_MODULES, ENV_REGISTRY
+    from vlaforge.envs import BACKEND_MODULES  # cheap: the contract (torch) and simulators load lazily
 
-    return set(ENV_REGISTRY) | set(BACKEND_MODULES)  # lazy backends register when first built
+    base = sys.modules.get("vlaforge.envs.base")  # backends registered in this process (e.g. by a test)
+    return set(BACKEND_MODULES) | set(getattr(base, "ENV_REGISTRY", ()))
 
 
 def _grpo_scores() -> Iterable[str]:
@@ -79,30 +91,69 @@ def _broadcasters() -> Iterable[str]:
     return BROADCASTERS
 
 
+# -- the registrations written in a layer's source, read without importing it ----------------------------------
+@lru_cache(maxsize=None)
+def source_registrations(layer: str) -> dict[str, frozenset[str]]:
+    """vlaforge/<layer>/**.py -> {callee or dict name: the string literals registered}: the first argument of
+    calls like ``register_head("x")`` / ``HEAD_REGISTRY.register("x")`` (keyed "register_head" /
+    "HEAD_REGISTRY.register"), and the string keys of dict literals assigned to a name (``SCORES = {...}``)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in sorted((Path(vlaforge.__file__).parent / layer).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                f = node.func
+                if isinstance(f, ast.Name):
+                    found[f.id].add(node.args[0].value)
+                elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                    found[f"{f.value.id}.{f.attr}"].add(node.args[0].value)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
+                keys = {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(t, ast.Name):
+                        found[t.id] |= keys
+    return {k: frozenset(v) for k, v in found.items()}
+
+
 @dataclass(frozen=True)
 class Named:
     what: str  # in the message: "unknown action head 'x'"
-    names: Callable[[], Iterable[str]]
+    names: Callable[[], Iterable[str]]  # the registry's names (imports what fills it): the authority
+    layer: str | None = None  # where its registrations are written (fast path), e.g. "policies"
+    written_as: tuple[str, ...] = ()  # callees / dict names that register into it there
+
+    def written(self) -> frozenset[str]:
+        if self.layer is None:
+            return frozenset()
+        regs = source_registrations(self.layer)
+        return frozenset().union(*(regs.get(w, frozenset()) for w in self.written_as))
 
 
-VISION = Named("vision backbone", _policy_registry("VISION_REGISTRY"))
-LANGUAGE = Named("language backbone", _policy_registry("LANGUAGE_REGISTRY"))
+def _policies(registry: str, register: str) -> Named:
+    what = {"VISION_REGISTRY": "vision backbone", "LANGUAGE_REGISTRY": "language backbone",
+            "HEAD_REGISTRY": "action head", "POLICY_REGISTRY": "policy type"}[registry]
+    return Named(what, _policy_registry(registry), "policies", (register, f"{registry}.register"))
+
+
+VISION = _policies("VISION_REGISTRY", "register_vision")
+LANGUAGE = _policies("LANGUAGE_REGISTRY", "register_language")
 
 # key path -> the registry its value must be a name of
 NAMED_FIELDS: dict[Path_, Named] = {
-    ("train", "objective"): Named("objective", _objectives),
-    ("policy", "type"): Named("policy type", _policy_registry("POLICY_REGISTRY")),
+    ("train", "objective"): Named("objective", _objectives, "learners", ("register_objective",)),
+    ("policy", "type"): _policies("POLICY_REGISTRY", "register_policy"),
     ("policy", "vision", "type"): VISION,
     ("policy", "language", "type"): LANGUAGE,
-    ("policy", "head", "type"): Named("action head", _policy_registry("HEAD_REGISTRY")),
-    ("policy", "action_norm"): Named("action normaliser", _normalizers),
+    ("policy", "head", "type"): _policies("HEAD_REGISTRY", "register_head"),
+    ("policy", "action_norm"): Named("action normaliser", _normalizers, "policies",
+                                     ("register_normalizer", "NORMALIZER_REGISTRY.register")),
     ("reward_model", "vision", "type"): VISION,
     ("reward_model", "language", "type"): LANGUAGE,
     ("envs", "backend"): Named("env backend", _env_backends),
-    ("rollout", "broadcast"): Named("weight broadcast", _broadcasters),
-    ("train", "grpo", "score"): Named("GRPO trajectory score", _grpo_scores),
+    ("rollout", "broadcast"): Named("weight broadcast", _broadcasters, "runtime", ("BROADCASTERS",)),
+    ("train", "grpo", "score"): Named("GRPO trajectory score", _grpo_scores, "learners", ("SCORES",)),
 }
-STAGE_KIND = Named("stage kind", _stage_kinds)
+STAGE_KIND = Named("stage kind", _stage_kinds)  # platform/stages.py is cheap to import: no fast path
 
 
 def _get(recipe: Recipe, path: Path_):
@@ -113,6 +164,8 @@ def _get(recipe: Recipe, path: Path_):
 
 
 def _check(src, path: Path_, value: str, named: Named) -> list[str]:
+    if value in named.written():  # registered in the source: no import needed
+        return []
     names = sorted(named.names())
     if value in names:
         return []

@@ -63,18 +63,12 @@ def _objective(v: View) -> str:
     return allowed[0] if obj == "bc" and allowed and "bc" not in allowed else obj
 
 
-def _objective_factory(name: str):
-    import vlaforge.learners as learners
-
-    return learners.OBJECTIVES.get(name)
-
-
 # -- stages, objectives, learners ---------------------------------------------------------------------------
 @rule
 def stage_runs_objective(v: View, ctx: Context):
     allowed = v.kind.objectives
     obj = _objective(v)
-    if allowed and obj not in allowed and _objective_factory(obj) is not None:  # unknown names: recipe_names
+    if allowed and obj not in allowed:  # (an unknown name was refused before the rules run: recipe_names)
         other = [k for k, m in STAGE_KINDS.items() if obj in m.objectives]
         hint = f"; objective {obj!r} runs in a stage of kind {' or '.join(other)}" if other else ""
         yield (("train", "objective"), v.recipe.train.objective,
@@ -108,14 +102,11 @@ def rollout_rows_per_rank(v: View, ctx: Context):
 
 @rule
 def group_relative_objectives(v: View, ctx: Context):
-    """Critic-free objectives (grpo, rloo) compare G rollouts of one initial state and score each row's first
-    episode; an objective declares otherwise with ``factory.group_relative = False``."""
-    if not any("rollout" in p for p in v.kind.phases):
+    """A grouped stage's objectives (grpo, rloo) compare G rollouts of one initial state and score each row's
+    first episode (StageKind.grouped)."""
+    if not v.kind.grouped:
         return
     name = _objective(v)
-    f = _objective_factory(name)
-    if f is None or not getattr(f, "rl", False) or not getattr(f, "group_relative", not getattr(f, "uses_critic", True)):
-        return
     r, g = v.recipe.rollout, v.recipe.train.grpo
     need = max(2, g.min_group_size)
     if r.group_size < need:

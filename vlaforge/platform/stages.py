@@ -46,6 +46,7 @@ class StageKind:
     # "learners" (train.num_learners ranks), "rollout" (rollout.num_actors actors).
     phases: tuple[tuple[str, ...], ...] = ()
     reward_model: str | None = None  # "uses": RL reward from reward_model.* when enabled; "makes": trains one
+    grouped: bool = False  # its objectives compare G rollouts per initial state (rollout.group_size, train.grpo)
 
 
 STAGE_KINDS: dict[str, StageKind] = {}
@@ -227,7 +228,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
 
 _RL = dict(needs_policy=True, phases=(("learners", "rollout"),), reward_model="uses")
 register_stage("ppo", objectives=("ppo",), **_RL)(run_rl)
-register_stage("grpo", objectives=("grpo", "rloo"), **_RL)(run_rl)
+register_stage("grpo", objectives=("grpo", "rloo"), grouped=True, **_RL)(run_rl)
 
 
 def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
