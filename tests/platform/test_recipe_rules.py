@@ -312,3 +312,13 @@ def test_recipe_check_imports_no_torch():
             "assert not heavy, heavy")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_train_refuses_before_any_work(base, capsys, tmp_path):
+    f = base / "r.yaml"
+    f.write_text("extends: base.yaml\ntrain:\n  batch_size: 9\n")
+    run_dir = tmp_path / "run"
+    for cmd in (["train", str(f), "--run-dir", str(run_dir)], ["demos", str(f)]):
+        assert cli.main(cmd) == 2
+        assert f"{f}:3: train.batch_size = 9" in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing written, no Ray started
