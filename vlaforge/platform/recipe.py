@@ -51,7 +51,11 @@ MAX_BYTES = 1 << 20  # recipes are small; refuse a multi-megabyte file before pa
 
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader, keeping each document's anchors (the composer forgets them) to name them in errors."""
+    """The safe loader, remembering which node carried which anchor (the composer forgets) to name it in errors."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.anchor_of: dict[int, str] = {}  # id(node) -> anchor name
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.events.AliasEvent):
@@ -151,7 +155,6 @@ def _check_nesting(text: str, name: str) -> None:
 def _parse_yaml(text: str, name: str, src: Source, path: Path_ = ()) -> Any:
     """YAML text -> plain Python (dicts, lists, scalars), every key's line in ``src``. Errors name ``name``."""
     loader = _Loader(text)  # safe: a !!python/object tag is an error, never code execution
-    loader.anchor_of = {}
     try:
         _check_nesting(text, name)
         node = loader.get_single_node()
