@@ -169,7 +169,7 @@ class DatasetReader:
                 out[key] = _decode_images(key, table[key].to_pylist())
             else:
                 out[key] = self._load_video(key, ep_rows.loc[good], out["episode_index"], out["timestamp"], skip_bad)
-        self._good(eps)
+        self._good(eps)  # a video may have failed for every remaining episode
         if self.bad_episodes:  # episodes whose video failed after their rows were read: drop their rows
             keep = ~np.isin(out["episode_index"], list(self.bad_episodes))
             out = {k: v[keep] for k, v in out.items()}
@@ -186,7 +186,7 @@ class DatasetReader:
         if not skip:
             raise err
         for e in err.episodes:
-            self.bad_episodes.setdefault(e, str(err).split(". Regenerate")[0])
+            self.bad_episodes.setdefault(e, f"{err.path}: {err.reason}")
 
     def _path(self, template_key: str, **fields: Any) -> Path:
         """``info[template_key]`` formatted -> a path that must stay inside the dataset folder. Checked
