@@ -7,6 +7,8 @@ every Ray process of the machine.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import signal
@@ -139,3 +141,80 @@ def ray_two_nodes(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- headless Chromium over the DevTools protocol -----------------------------------------------------
+# TensorBoard's pages are rendered by JavaScript (Angular + Polymer shadow DOM): --dump-dom sees the shell
+# only, so the test drives a real Chromium and reads the rendered page, shadow roots included.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,2400"]
+RENDERED = """(() => { const text = [], imgs = []; const walk = (n) => { if (n.shadowRoot) walk(n.shadowRoot);
+  for (const c of n.childNodes) { if (c.nodeType === 3) text.push(c.textContent);
+    else if (c.nodeType === 1 && c.tagName !== 'STYLE' && c.tagName !== 'SCRIPT') {
+      if (c.tagName === 'IMG') imgs.push(c.src); walk(c); } } };
+  walk(document); return JSON.stringify({text: text.join(' ').replace(/\\s+/g, ' '), imgs}); })()"""
+
+
+def chromium_render(url: str, until, timeout: float = 90, chromium: str = "chromium") -> dict:
+    """Open ``url`` in headless Chromium; poll its rendered text and <img> sources until ``until(got)``."""
+    import aiohttp
+
+    port = free_port()
+    profile = tempfile.mkdtemp(prefix="vfchrome")  # a fresh profile every time
+    proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                             f"--remote-debugging-port={port}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pages = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"chromium did not open its DevTools port {port}")
+                time.sleep(0.3)
+        ws_url = next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"]
+
+        async def drive() -> dict:
+            async with aiohttp.ClientSession() as sess, sess.ws_connect(ws_url, max_msg_size=0) as ws:
+                n = 0
+
+                async def call(method: str, **params):
+                    nonlocal n
+                    n += 1
+                    await ws.send_json({"id": n, "method": method, "params": params})
+                    while True:
+                        msg = await asyncio.wait_for(ws.receive_json(), 30)
+                        if msg.get("id") == n:
+                            return msg.get("result", {})
+
+                await call("Page.navigate", url=url)
+                end, got = time.monotonic() + timeout, {"text": "", "imgs": []}
+                while time.monotonic() < end:
+                    r = await call("Runtime.evaluate", expression=RENDERED, returnByValue=True)
+                    got = json.loads(r["result"]["value"])
+                    if until(got):
+                        break
+                    await asyncio.sleep(1)
+                return got
+
+        return asyncio.run(drive())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def chromium():
+    """-> chromium_render(url, until, timeout): a real headless Chromium driven over DevTools."""
+    return chromium_render
+
+
+@pytest.fixture
+def port():
+    return free_port()

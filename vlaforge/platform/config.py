@@ -30,7 +30,7 @@ class LoggingConfig(StrictModel):
     wandb_mode: str = "offline"  # "offline" (default, no network), "online", "disabled"
     wandb_project: str = "vlaforge"
     wandb_entity: str | None = None
-    tensorboard: bool = False
+    tensorboard: bool = True  # <run>/tensorboard, served by `vlaforge dashboard RUN_DIR`
 
 
 class StageConfig(StrictModel):
