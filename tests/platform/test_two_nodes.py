@@ -63,7 +63,8 @@ def test_submit_on_two_nodes(ray_two_nodes, tmp_path):
 
     # one run directory holds both stages' checkpoints and evaluations (written from both nodes)
     assert (run_dir / "bc" / "checkpoints" / "step-6" / "policy" / "model.safetensors").exists()
-    assert (run_dir / "ppo" / "checkpoints" / "step-1" / "policy" / "model.safetensors").exists()
+    ppo_latest = (run_dir / "ppo" / "checkpoints" / "latest").read_text().strip()  # step-N counts optimizer steps
+    assert (run_dir / "ppo" / "checkpoints" / ppo_latest / "policy" / "model.safetensors").exists()
     for ev in ("eval-start", "eval"):
         res = json.loads((run_dir / "ppo" / ev / "eval.json").read_text())
         assert res["pooled"]["episodes"] == 4 and res["videos"]

@@ -103,7 +103,10 @@ def _resolve_init(stage, previous: Path | None) -> Path | None:
         return previous
     if stage.init == "scratch":
         return None
-    return _find_policy_dir(Path(stage.init).expanduser().resolve())
+    from vlaforge.policies.io import verify_folder
+
+    # a published folder may start a stage (weights only; the optimizer starts fresh): hashes first
+    return verify_folder(_find_policy_dir(Path(stage.init).expanduser().resolve()))
 
 
 def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> dict:
@@ -237,7 +240,9 @@ def _find_policy_dir(path: Path) -> Path:
 def evaluate_checkpoint(path: Path, overrides: list[str] = (), out_dir: Path | None = None) -> dict:
     from vlaforge.platform.recipe import Source, apply_override, validate
 
-    policy_dir = _find_policy_dir(Path(path).expanduser().resolve())
+    from vlaforge.policies.io import verify_folder
+
+    policy_dir = verify_folder(_find_policy_dir(Path(path).expanduser().resolve()))  # refuse a tampered file
     card_file = policy_dir / "run_card.json"
     if not card_file.exists():
         raise VlaforgeError(f"{card_file} is missing: cannot tell which env this policy was trained on")
