@@ -112,7 +112,7 @@ def provenance(policy_dir: Path, run: Path | None) -> dict:
 
 def model_card(name: str, evaluation: dict | None, prov: dict) -> str:
     lines = ["---", "library_name: vlaforge", "tags: [robotics, vision-language-action, vlaforge]", "---", "",
-             f"# {name}", "", "A vision-language-action policy trained with [vlaforge](https://github.com/) "
+             f"# {name}", "", "A vision-language-action policy trained with vlaforge "
              "(camera image + instruction + robot state -> action chunk).", "",
              "```python", "import vlaforge", "policy, processor, cfg, spec, extra = vlaforge.from_pretrained(\"PATH\")",
              "```", "", "`vlaforge eval PATH` re-evaluates it on the same fixed initial states; both verify "
@@ -183,12 +183,12 @@ def publish(checkpoint: Path, to: str, force: bool = False) -> str:
     if out.exists() and not force:
         raise VlaforgeError(f"{out} exists: choose another --to or pass --force to replace it")
     # build beside the target, then swap in: a failed publish leaves no half-written folder behind
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # same file system: rename is atomic
     try:
         build_folder(checkpoint, tmp / "m")
         if out.exists():
             shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / "m", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
