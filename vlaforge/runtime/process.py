@@ -8,7 +8,6 @@ must be built once and reused from a stable path), rendering (EGL, headless) and
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -59,7 +58,9 @@ def _loopback_only() -> None:
     os.environ[_RAY_LOCAL_ONLY] = "0"  # Ray's children (raylet, agents, workers) read it at import
     import ray._private.ray_constants as ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process, if ray was imported before the variable was set
+    # this process: Ray read the variable when it was first imported (often before init_ray runs);
+    # services.get_node_ip_address looks the constant up at call time
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
@@ -69,8 +70,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     The embedded cluster binds its node address, GCS and dashboard to ``host``: 127.0.0.1 unless a recipe
     opts into another address (``ray.host``). Token authentication stays on (Ray 2.60's default).
     """
-    if address is None and host == LOOPBACK and "ray" not in sys.modules:
-        os.environ[_RAY_LOCAL_ONLY] = "0"  # before ray reads it at import
     import ray
 
     apply_process_env()
@@ -89,4 +88,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
             runtime_env=runtime_env,
             **kw,
         )
+    if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+        _loopback_only()  # a loopback head: keep Ray from rewriting the address to the interface's
     return ray.init(address=address, runtime_env=runtime_env, **kw)
