@@ -33,7 +33,8 @@ def _address(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlaforge", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vlaforge", description="vlaforge: train, evaluate, submit, watch and publish "
+                                "vision-language-action robot policies")
     p.add_argument("--version", action="version", version=f"vlaforge {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
