@@ -35,7 +35,7 @@ def write_tiny_idefics3(
     """-> the folder (absolute). image tokens per image = (image_size / patch_size)**2 / scale_factor**2."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Idefics3Config, Idefics3Model, Idefics3Processor, PreTrainedTokenizerFast
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     root = Path(folder).resolve()
@@ -65,6 +65,7 @@ def write_tiny_idefics3(
                      "bos_token_id": vocab["<s>"], "eos_token_id": vocab["</s>"]},
     )
     torch.manual_seed(seed)
-    Idefics3Model(config).save_pretrained(root)
+    # Saved with its LM head, as SmolVLM snapshots are; the backbone loads it with AutoModel (no head).
+    Idefics3ForConditionalGeneration(config).save_pretrained(root)
     processor.save_pretrained(root)
     return root
