@@ -2,6 +2,7 @@
 
     python bench/learner.py            # default policy (dim 128), 64 px, global batch 32, 3 x 30 timed steps
     python bench/learner.py --quick    # small policy, 32 px, global batch 16, 3 x 10 timed steps
+    python bench/learner.py --backbone pretrained-lite --ranks 1   # the backbone dimension (bench/backbones.py)
 
 Same model, processor, BC loss, AdamW, LR schedule, gradient clipping and global batch everywhere:
   plain_torch        this process, torch.set_num_threads(threads): processor -> model -> loss -> AdamW
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,7 +84,8 @@ def plain_loop(train, policy_cfg, dataset: Path, warmup: int, steps: int, reps: 
         losses = [step() for _ in range(steps)]
         rates.append(steps * train.batch_size / (time.perf_counter() - t0))
     return _summary(rates, train.batch_size, setup_s, losses[-1]) | {
-        "num_params": sum(p.numel() for p in model.parameters())}
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def _summary(rates: list[float], batch: int, setup_s: float, final_loss: float) -> dict:
@@ -115,19 +118,28 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank (and of the plain loop)")
     ap.add_argument("--reps", type=int, default=3, help="timed segments per setting (the median is reported)")
     ap.add_argument("--dataset", type=Path, default=None, help="a LeRobot v3 folder (default: synthetic)")
+    ap.add_argument("--backbone", default="default", help="bench/backbones.py: default, pretrained-lite, hf-tiny, "
+                    "hf-smolvlm-shape, hf (+ --vlm-path)")
+    ap.add_argument("--vlm-path", default=None, help="--backbone hf: local VLM folder")
+    ap.add_argument("--vlm-layers", type=int, default=None, help="hf backbones: policy.backbone.num_layers")
+    ap.add_argument("--lora-r", type=int, default=None, help="hf backbones: LoRA rank (default: frozen VLM, no LoRA)")
     args = ap.parse_args(argv)
 
     from vlaforge.learners.config import TrainConfig
     from vlaforge.runtime.process import init_ray
     from vlaforge.policies.config import PolicyConfig
+    from backbones import backbone_config  # bench/backbones.py
 
+    tmp_models = Path(tempfile.mkdtemp(prefix="vlaforge-bench-models-"))
+    over = backbone_config(args.backbone, tmp_models, vlm_path=args.vlm_path, vlm_layers=args.vlm_layers,
+                           lora_r=args.lora_r)
     if args.quick:
         size, batch, warmup, steps = 32, 16, 3, 10
-        policy = PolicyConfig(dim=64, layers=1, heads=2, chunk_size=4, n_action_steps=2,
-                              vision={"channels": [16, 32]})
+        policy = PolicyConfig(**({"dim": 64, "layers": 1, "heads": 2, "chunk_size": 4, "n_action_steps": 2,
+                                  "vision": {"channels": [16, 32]}} | over))
     else:
         size, batch, warmup, steps = 64, 32, 5, 30
-        policy = PolicyConfig()
+        policy = PolicyConfig(**over)
     train = TrainConfig(batch_size=batch, lr=3e-4, warmup_steps=5, steps=1000, threads_per_learner=args.threads,
                         cpus_per_learner=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,10 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
         init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
         out: dict = {"config": {"image_px": size, "global_batch": batch, "timed_steps": steps, "threads": args.threads,
                                 "policy_dim": policy.dim, "zero_stage": train.deepspeed.zero_stage,
-                                "dataset": str(args.dataset or "synthetic")}}
+                                "dataset": str(args.dataset or "synthetic"), "backbone": args.backbone,
+                                "backbone_cfg": policy.backbone.model_dump(mode="json"),
+                                "vision": policy.vision.type, "language": policy.language.type}}
         out["plain_torch"] = plain_loop(train, policy, dataset, warmup, steps, args.reps)
         for n in args.ranks:
             out[f"deepspeed/{n}"] = deepspeed_run(train, policy, dataset, n, warmup, steps, args.reps)
+    shutil.rmtree(tmp_models, ignore_errors=True)
     base = out["plain_torch"]["samples_per_s"]
     if "deepspeed/1" in out:
         out["overhead_pct"] = round(100 * (1 - out["deepspeed/1"]["samples_per_s"] / base), 1)

@@ -23,6 +23,18 @@ _WORDS = (
 _SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
 
 
+# SmolVLM-256M-Instruct's published architecture (its config.json): SigLIP-B/16 at 512 px (12 layers, 768 wide)
+# + SmolLM2-135M-style text model (30 layers, 576 wide, GQA 9/3 heads), pixel-shuffle scale 4 -> 64 image
+# tokens per image. With RANDOM weights: the latency bench measures the real model's compute without
+# downloading it (the weights do not change the cost).
+SMOLVLM_256M_SHAPE = dict(
+    image_size=512, patch_size=16, scale_factor=4, vocab_size=49280,
+    vision={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+    text={"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+          "num_key_value_heads": 3, "rope_theta": 100000.0, "max_position_embeddings": 8192},
+)
+
+
 def write_tiny_idefics3(
     folder: str | os.PathLike,
     image_size: int = 32,
@@ -31,8 +43,14 @@ def write_tiny_idefics3(
     text_layers: int = 2,
     vision_layers: int = 1,
     seed: int = 0,
+    scale_factor: int = 2,
+    vocab_size: int | None = None,
+    vision: dict | None = None,
+    text: dict | None = None,
 ) -> Path:
-    """-> the folder (absolute). image tokens per image = (image_size / patch_size)**2 / scale_factor**2."""
+    """-> the folder (absolute). Image tokens per image = (image_size / patch_size)**2 / scale_factor**2.
+    ``vision`` / ``text`` override the sub-configs (e.g. SMOLVLM_256M_SHAPE); ``vocab_size`` pads the
+    embedding table beyond the word-level vocabulary (ids past it are simply never produced)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
@@ -47,7 +65,7 @@ def write_tiny_idefics3(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
         additional_special_tokens=_SPECIAL[4:], padding_side="right",
     )
-    scale = 2
+    scale = scale_factor
     image_seq_len = (image_size // patch_size) ** 2 // scale**2
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size}, do_image_splitting=False,
@@ -58,10 +76,11 @@ def write_tiny_idefics3(
         image_token_id=vocab["<image>"],
         scale_factor=scale,
         vision_config={"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": vision_layers,
-                       "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size},
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": hidden,
-                     "intermediate_size": 2 * hidden, "num_hidden_layers": text_layers, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "max_position_embeddings": 512, "pad_token_id": vocab["<pad>"],
+                       "num_attention_heads": 2, **(vision or {}), "image_size": image_size, "patch_size": patch_size},
+        text_config={"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                     "num_hidden_layers": text_layers, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "max_position_embeddings": 512, **(text or {}),
+                     "vocab_size": max(len(tokenizer), vocab_size or 0), "pad_token_id": vocab["<pad>"],
                      "bos_token_id": vocab["<s>"], "eos_token_id": vocab["</s>"]},
     )
     torch.manual_seed(seed)
