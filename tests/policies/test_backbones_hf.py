@@ -26,7 +26,8 @@ def vlm_dir(tmp_path_factory):
 @pytest.fixture
 def hf_cfg(tiny_cfg, vlm_dir):
     def make(**backbone):
-        return tiny_cfg(backbone={"type": "hf", "path": str(vlm_dir), **backbone})
+        # vision/language reset to defaults: they configure the other backbone (an error with hf)
+        return tiny_cfg(vision={}, language={}, backbone={"type": "hf", "path": str(vlm_dir), **backbone})
     return make
 
 
@@ -150,12 +151,14 @@ def test_processor_dict_round_trip(hf_cfg, stats, make_obs):
     assert proc.vlm.text("push", 2).endswith("task: push")
 
 
-def test_clear_errors(tiny_cfg, stats, tmp_path, vlm_dir):
+def test_clear_errors(hf_cfg, tiny_cfg, tmp_path, vlm_dir):
     with pytest.raises(FileNotFoundError, match="policy.backbone.path: .* has no config.json"):
-        build_policy(tiny_cfg(backbone={"type": "hf", "path": str(tmp_path)}), SPEC)
+        build_policy(hf_cfg(path=str(tmp_path)), SPEC)
     with pytest.raises(ValueError, match="num_layers=5 exceeds the VLM's 2 decoder layers"):
-        build_policy(tiny_cfg(backbone={"type": "hf", "path": str(vlm_dir), "num_layers": 5}), SPEC)
+        build_policy(hf_cfg(num_layers=5), SPEC)
     with pytest.raises(ValueError, match="target_modules"):
-        build_policy(tiny_cfg(backbone={"type": "hf", "path": str(vlm_dir), "lora": {"target_modules": ["nope"]}}), SPEC)
+        build_policy(hf_cfg(lora={"target_modules": ["nope"]}), SPEC)
     with pytest.raises(ValueError, match="only applies to backbone.type 'hf'"):
         tiny_cfg(backbone={"path": str(vlm_dir)})
+    with pytest.raises(ValueError, match="policy.vision configures the encoders of backbone 'vlaforge'"):
+        tiny_cfg(backbone={"type": "hf", "path": str(vlm_dir)})  # tiny_cfg sets policy.vision

@@ -26,7 +26,7 @@ def test_train_bc_with_hf_backbone(ray_cluster, tmp_path_factory):
     recipe = load_recipe(ROOT / "configs" / "quickstart.yaml", [
         "envs.tasks=[reach-v3]", "envs.image_size=32", "envs.max_episode_steps=100",
         "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
-        "policy.backbone.type=hf", f"policy.backbone.path={vlm}", "policy.backbone.readout_layers=1",
+        "policy.backbone.type=hf", f"policy.backbone.path={vlm}",
         "policy.backbone.lora={r: 2, target_modules: [q_proj, v_proj]}",
         "train.steps=4", "train.log_every=2", "train.checkpoint_every=4", "train.batch_size=8",
         "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2", "eval.num_workers=1",

@@ -72,7 +72,6 @@ class BackboneConfig(StrictModel):
     # hf: extra keyword arguments of the HF processor call, over vlaforge's per-family defaults (Idefics3:
     # one tile per camera at the vision encoder's size, no image splitting).
     processor_kwargs: dict[str, Any] = Field(default_factory=dict)
-    readout_layers: int = Field(2, ge=1)  # hf: layers of the query readout (self-attn + cross-attn to the prefix)
 
     @field_validator("path")
     @classmethod
@@ -108,8 +107,8 @@ class HeadConfig(StrictModel):
 
 class PolicyConfig(StrictModel):
     type: str = "vla"
-    dim: int = Field(128, ge=8)  # fusion transformer width
-    layers: int = Field(2, ge=1)  # fusion transformer depth
+    dim: int = Field(128, ge=8)  # fusion transformer width (backbone hf: readout width)
+    layers: int = Field(2, ge=1)  # fusion transformer depth (backbone hf: readout layers over the VLM prefix)
     heads: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     chunk_size: int = Field(8, ge=1)  # K: future actions predicted per forward pass
@@ -127,6 +126,17 @@ class PolicyConfig(StrictModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     value_head: bool = False  # a critic head on the shared backbone (RL)
+
+    @model_validator(mode="after")
+    def _check_backbone(self):
+        # policy.vision / policy.language configure the "vlaforge" backbone's encoders; the hf backbone's VLM
+        # has its own (an accepted option that nothing runs would be a silent no-op).
+        if self.backbone.type == "hf":
+            for name, default in (("vision", VisionConfig()), ("language", LanguageConfig())):
+                if getattr(self, name) != default:
+                    raise ValueError(f"policy.{name} configures the encoders of backbone 'vlaforge'; backbone "
+                                     f"'hf' uses the VLM's own (drop policy.{name}, or use backbone.type vlaforge)")
+        return self
 
     @model_validator(mode="after")
     def _check(self):

@@ -107,7 +107,7 @@ class HFBackbone(nn.Module):
         self.queries = nn.Parameter(torch.randn(cfg.chunk_size, cfg.dim) * 0.02)  # (K, dim)
         layer = nn.TransformerDecoderLayer(cfg.dim, cfg.heads, dim_feedforward=4 * cfg.dim, dropout=cfg.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
-        self.readout = nn.TransformerDecoder(layer, bc.readout_layers)
+        self.readout = nn.TransformerDecoder(layer, cfg.layers)
         self.norm = nn.LayerNorm(cfg.dim)
         self.k = cfg.chunk_size
         self.train(self.training)
@@ -137,7 +137,7 @@ class HFBackbone(nn.Module):
         # Frozen, adapter-free VLM: no graph through it (memory and time); the readout still trains.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vlm_trains):
             prefix = self.vlm(**inputs.to_dict(), use_cache=False).last_hidden_state  # (B, L, H)
-        memory = self.proj(prefix.float())  # (B, L, dim)
+        memory = self.proj(prefix.to(self.queries.dtype))  # (B, L, dim); bf16 when DeepSpeed casts the module
         pad = inputs.get("attention_mask") == 0  # (B, L) True = padding
         tgt = torch.cat([self.queries.expand(b, -1, -1), self.state(state)], dim=1)  # (B, K + 1, dim)
         x = self.readout(tgt, memory, memory_key_padding_mask=pad)  # (B, K + 1, dim)

@@ -114,4 +114,4 @@ class MiniLMLanguage(nn.Module):
             raise ValueError(f"tokens must be int64 (B, L) with a bool mask of the same shape, got {tokens.dtype} "
                              f"{tuple(tokens.shape)} / mask {tuple(mask.shape)}")
         h = self._cached(tokens, mask) if self.frozen else self._encode(tokens, mask)
-        return self.norm(self.proj(h))  # (B, L, dim)
+        return self.norm(self.proj(h.to(self.proj.weight.dtype)))  # (B, L, dim); bf16 under a bf16 engine
