@@ -15,10 +15,12 @@ Backbones: see bench/backbones.py (default, pretrained-lite, hf-tiny, hf-smolvlm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,14 +108,16 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="vlaforge-bench-"))
-    cfg = PolicyConfig(**backbone_config(args.backbone, tmp, args.vision, args.vlm_path, args.vlm_layers))
+    with contextlib.redirect_stdout(sys.stderr):
+        cfg = PolicyConfig(**backbone_config(args.backbone, tmp, args.vision, args.vlm_path, args.vlm_layers))
     spec = PolicySpec(image_shape=(1, 64, 64, 3), state_dim=39, action_dim=4)
     stats = {
         "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39},
         "action": {"min": [-1.0] * 4, "max": [1.0] * 4, "mean": [0.0] * 4, "std": [1.0] * 4},
     }
-    proc = VLAProcessor.from_stats(cfg, stats)
-    policy = build_policy(cfg, spec).eval()
+    with contextlib.redirect_stdout(sys.stderr):  # library load reports / warnings: keep stdout pure JSON
+        proc = VLAProcessor.from_stats(cfg, stats)
+        policy = build_policy(cfg, spec).eval()
     iters, warmup = (10, 3) if args.quick else (200, 20)
     if args.iters:
         iters, warmup = args.iters, max(1, args.iters // 10)
