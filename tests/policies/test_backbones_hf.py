@@ -13,7 +13,6 @@ from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.policies import PolicySpec, VLAProcessor, build_policy, load_pretrained, save_pretrained
 from vlaforge.policies.backbones.tiny_vlm import write_tiny_idefics3
 
-pytest.importorskip("transformers", reason="extra `vlm` (installed by the dev extra)")
 
 SPEC = PolicySpec(image_shape=(2, 32, 32, 3), state_dim=7, action_dim=4)  # 2 cameras
 

