@@ -45,16 +45,20 @@ def _obs(b: int, spec: PolicySpec) -> TensorDict:
 def _time(fn, iters: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
-    ms = []
+    ms, cpu_ms = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ms.append((time.perf_counter() - t0) * 1e3)
+        cpu_ms.append((time.process_time() - c0) * 1e3)
     ms.sort()
     return {
         "median_ms": round(statistics.median(ms), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
         "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3),
+        # CPU time of this (one-thread) process: what the call costs on an idle core, robust when the
+        # machine's cores are shared (wall time then includes waiting for a core).
+        "median_cpu_ms": round(statistics.median(cpu_ms), 3),
         "iters": iters,
     }
 
@@ -91,6 +95,9 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
         "actions_per_s_total": round(batch * n_steps / fwd_s, 1),
         # the same with the processor, sampling and the runner's bookkeeping included
         "actions_per_s_total_incl_processing": round(batch * n_steps / plan_s, 1),
+        # the same two rates from CPU time (see _time): the figures to compare on a shared machine
+        "actions_per_s_per_env_cpu": round(n_steps * 1e3 / forward_t["median_cpu_ms"], 1),
+        "actions_per_s_total_incl_processing_cpu": round(batch * n_steps * 1e3 / plan_t["median_cpu_ms"], 1),
     }
 
 
