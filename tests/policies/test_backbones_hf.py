@@ -161,3 +161,26 @@ def test_clear_errors(hf_cfg, tiny_cfg, tmp_path, vlm_dir):
         tiny_cfg(backbone={"path": str(vlm_dir)})
     with pytest.raises(ValueError, match="policy.vision configures the encoders of backbone 'vlaforge'"):
         tiny_cfg(backbone={"type": "hf", "path": str(vlm_dir)})  # tiny_cfg sets policy.vision
+
+
+def test_paligemma_family(tiny_cfg, stats, make_obs, tmp_path):
+    """The same adapter on a second family: PaliGemma (its processor flattens a batch's images)."""
+    from vlaforge.policies.backbones.tiny_vlm import write_tiny_paligemma
+
+    path = write_tiny_paligemma(tmp_path / "tiny_paligemma")
+    cfg = tiny_cfg(vision={}, language={}, backbone={"type": "hf", "path": str(path), "num_layers": 1,
+                                                     "lora": {"r": 2}})
+    policy, proc = _build(cfg, stats)
+    assert type(policy.backbone.vlm).__name__ == "PaliGemmaModel" and len(policy.backbone.vlm.language_model.layers) == 1
+    td = proc(make_obs(3, v=2, with_chunk=True), train=True)
+    assert td[keys.VLM_INPUTS]["pixel_values"].shape == (3, 2, 3, 32, 32)
+    total_loss(build_objective("bc", TrainConfig(), policy)(td.update(policy(td)))).backward()
+    lora = [p for n, p in _vlm_params(policy).items() if p.requires_grad]
+    assert lora and all(p.grad is not None for p in lora)
+    policy.eval()
+    obs = make_obs(2, v=2)
+    with torch.no_grad():
+        before = policy(proc(obs))[keys.ACTION_MEAN]
+    loaded, proc2, *_ = load_pretrained(save_pretrained(tmp_path / "ckpt", policy, proc, cfg, SPEC))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(proc2(obs))[keys.ACTION_MEAN], before)

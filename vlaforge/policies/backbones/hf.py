@@ -24,7 +24,7 @@ from tensordict import TensorDictBase
 
 from vlaforge import keys
 from vlaforge.policies.backbones.fusion import StateEncoder, require
-from vlaforge.policies.backbones.hf_processor import HFVLMInputs, read_model_type
+from vlaforge.policies.backbones.hf_processor import FLAT_IMAGE_KEYS, HFVLMInputs, read_model_type
 from vlaforge.policies.config import BackboneConfig, PolicyConfig
 from vlaforge.policies.registry import register_backbone
 from vlaforge.policies.spec import PolicySpec
@@ -94,6 +94,7 @@ class HFBackbone(nn.Module):
         super().__init__()
         bc = cfg.backbone
         self.vlm = load_vlm(bc)
+        self.flat_keys = FLAT_IMAGE_KEYS.get(read_model_type(bc.path), ())  # see hf_processor.py
         if bc.num_layers is not None:
             truncate_layers(self.vlm, bc.num_layers)
         if bc.freeze:
@@ -135,8 +136,11 @@ class HFBackbone(nn.Module):
         state = td.get(keys.STATE_NORM)
         b = state.shape[0]
         # Frozen, adapter-free VLM: no graph through it (memory and time); the readout still trains.
+        kwargs = inputs.to_dict()
+        for k in self.flat_keys:  # (B, V, ...) -> (B*V, ...), as the family's model expects
+            kwargs[k] = kwargs[k].flatten(0, 1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vlm_trains):
-            prefix = self.vlm(**inputs.to_dict(), use_cache=False).last_hidden_state  # (B, L, H)
+            prefix = self.vlm(**kwargs, use_cache=False).last_hidden_state  # (B, L, H)
         memory = self.proj(prefix.to(self.queries.dtype))  # (B, L, dim); bf16 when DeepSpeed casts the module
         pad = inputs.get("attention_mask") == 0  # (B, L) True = padding
         tgt = torch.cat([self.queries.expand(b, -1, -1), self.state(state)], dim=1)  # (B, K + 1, dim)

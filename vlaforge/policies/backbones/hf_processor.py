@@ -34,6 +34,11 @@ def _idefics3_defaults(processor) -> dict[str, Any]:
 # backbone.processor_kwargs override them).
 FAMILY_DEFAULTS: dict[str, Callable[[Any], dict[str, Any]]] = {"idefics3": _idefics3_defaults}
 
+# Families whose processor returns a batch's images flattened, (B*V, 3, S, S) (PaliGemma): a TensorDict
+# needs batch-first entries, so they travel as (B, V, 3, S, S) and the backbone flattens them back.
+FLAT_IMAGE_KEYS: dict[str, tuple[str, ...]] = {"paligemma": ("pixel_values",)}
+_DROP = ("labels",)  # LM-loss targets some processors add (PaliGemma): not an input of the backbone
+
 
 def read_model_type(path: str | os.PathLike) -> str:
     cfg = Path(path) / "config.json"
@@ -61,6 +66,7 @@ class HFVLMInputs:
         if not isinstance(self.image_token, str):
             raise ValueError(f"policy.backbone.path: the processor of {self.path} ({type(self.processor).__name__}) "
                              "has no image_token: not a vision-language processor vlaforge can drive")
+        self.flat_keys = FLAT_IMAGE_KEYS.get(model_type, ())
         defaults = FAMILY_DEFAULTS.get(model_type, lambda p: {})(self.processor)
         self.call_kwargs = {**defaults, **self.processor_kwargs}
 
@@ -70,7 +76,8 @@ class HFVLMInputs:
 
     def __call__(self, pixels: torch.Tensor, texts: list[str], device: torch.device) -> TensorDict:
         """pixels float (B, V, 3, H, W) in [0, 1], B instructions -> TensorDict (B,) of the VLM's inputs, e.g.
-        Idefics3: input_ids (B, L), attention_mask (B, L), pixel_values (B, V, 3, S, S), pixel_attention_mask."""
+        Idefics3: input_ids (B, L), attention_mask (B, L), pixel_values (B, V, 3, S, S), pixel_attention_mask;
+        PaliGemma: input_ids, token_type_ids, attention_mask (B, L), pixel_values (B, V, 3, S, S)."""
         b, v = pixels.shape[:2]
         # uint8 (B, V, H, W, 3): what HF image processors expect. Exact: the pixels are uint8 / 255, and the
         # random shift only moves (replicate-pads) them.
@@ -80,7 +87,10 @@ class HFVLMInputs:
             images=[[np.ascontiguousarray(images[i, j]) for j in range(v)] for i in range(b)],
             return_tensors="pt", padding=True, **self.call_kwargs,
         )
-        return TensorDict(dict(out), batch_size=[b]).to(device)
+        data = {k: v for k, v in out.items() if k not in _DROP}
+        for k in self.flat_keys:  # (B*V, ...) -> (B, V, ...)
+            data[k] = data[k].reshape(b, v, *data[k].shape[1:])
+        return TensorDict(data, batch_size=[b]).to(device)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "hf", "path": self.path, "prompt": self.prompt, "processor_kwargs": self.processor_kwargs}

@@ -88,3 +88,37 @@ def write_tiny_idefics3(
     Idefics3ForConditionalGeneration(config).save_pretrained(root)
     processor.save_pretrained(root)
     return root
+
+
+def write_tiny_paligemma(folder: str | os.PathLike, image_size: int = 32, patch_size: int = 8, hidden: int = 32,
+                         text_layers: int = 2, seed: int = 0) -> Path:
+    """A TINY random PaliGemma (SigLIP vision + Gemma text, PaliGemmaProcessor with the PIL SigLIP image
+    processor) in the layout of a hub snapshot; image tokens per image = (image_size / patch_size)**2."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, PreTrainedTokenizerFast
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    root = Path(folder).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", "<image>"] + sorted(set(_WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                                        eos_token="<eos>", additional_special_tokens=["<image>"])
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds loc/seg tokens
+    config = PaliGemmaConfig(
+        image_token_id=processor.image_token_id, projection_dim=hidden,
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": image_size,
+                       "patch_size": patch_size, "projection_dim": hidden},
+        text_config={"model_type": "gemma", "vocab_size": len(processor.tokenizer), "hidden_size": hidden,
+                     "intermediate_size": 2 * hidden, "num_hidden_layers": text_layers, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": hidden // 2},
+    )
+    torch.manual_seed(seed)
+    PaliGemmaForConditionalGeneration(config).save_pretrained(root)
+    processor.save_pretrained(root)
+    return root
