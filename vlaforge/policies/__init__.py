@@ -7,10 +7,12 @@ from vlaforge.policies.config import PolicyConfig
 from vlaforge.policies.io import load_pretrained, save_pretrained
 from vlaforge.policies.processor import VLAProcessor
 from vlaforge.policies.registry import (
+    BACKBONE_REGISTRY,
     HEAD_REGISTRY,
     LANGUAGE_REGISTRY,
     POLICY_REGISTRY,
     VISION_REGISTRY,
+    register_backbone,
     register_head,
     register_language,
     register_policy,
@@ -22,6 +24,7 @@ from vlaforge.policies.tokenizer import HashedTokenizer
 from vlaforge.policies.vla import VLAPolicy, build_policy
 
 __all__ = [
+    "BACKBONE_REGISTRY",
     "HEAD_REGISTRY",
     "LANGUAGE_REGISTRY",
     "POLICY_REGISTRY",
@@ -34,6 +37,7 @@ __all__ = [
     "VLAProcessor",
     "build_policy",
     "load_pretrained",
+    "register_backbone",
     "register_head",
     "register_language",
     "register_policy",

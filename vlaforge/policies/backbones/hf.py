@@ -135,10 +135,10 @@ class HFBackbone(nn.Module):
         inputs = td.get(keys.VLM_INPUTS)
         state = td.get(keys.STATE_NORM)
         b = state.shape[0]
-        # Frozen, adapter-free VLM: no graph through it (memory and time); the readout still trains.
         kwargs = inputs.to_dict()
         for k in self.flat_keys:  # (B, V, ...) -> (B*V, ...), as the family's model expects
             kwargs[k] = kwargs[k].flatten(0, 1)
+        # Frozen, adapter-free VLM: no graph through it (memory and time); the readout still trains.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vlm_trains):
             prefix = self.vlm(**kwargs, use_cache=False).last_hidden_state  # (B, L, H)
         memory = self.proj(prefix.to(self.queries.dtype))  # (B, L, dim); bf16 when DeepSpeed casts the module
