@@ -78,12 +78,15 @@ def plain_loop(train, policy_cfg, dataset: Path, warmup: int, steps: int, reps: 
 
     for _ in range(warmup):
         step()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = [step() for _ in range(steps)]
         rates.append(steps * train.batch_size / (time.perf_counter() - t0))
+        cpu_rates.append(steps * train.batch_size / (time.process_time() - c0))
     return _summary(rates, train.batch_size, setup_s, losses[-1]) | {
+        # samples per CPU-second of this process (threads=1: ~ samples/s on an idle core; robust to shared cores)
+        "samples_per_cpu_s": round(statistics.median(cpu_rates), 1),
         "num_params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -114,7 +117,7 @@ def deepspeed_run(train, policy_cfg, dataset: Path, ranks: int, warmup: int, ste
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ranks", type=int, nargs="*", default=[1, 2], help="DeepSpeed rank counts (none: plain loop only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank (and of the plain loop)")
     ap.add_argument("--reps", type=int, default=3, help="timed segments per setting (the median is reported)")
     ap.add_argument("--dataset", type=Path, default=None, help="a LeRobot v3 folder (default: synthetic)")
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
                         cpus_per_learner=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset or write_dataset(Path(tmp) / "bench-data", size)
-        init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
+        if args.ranks:
+            init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
         out: dict = {"config": {"image_px": size, "global_batch": batch, "timed_steps": steps, "threads": args.threads,
                                 "policy_dim": policy.dim, "zero_stage": train.deepspeed.zero_stage,
                                 "dataset": str(args.dataset or "synthetic"), "backbone": args.backbone,
