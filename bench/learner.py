@@ -15,6 +15,7 @@ The machine's cores are shared with other work: expect noise, compare within one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -134,8 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     from backbones import backbone_config  # bench/backbones.py
 
     tmp_models = Path(tempfile.mkdtemp(prefix="vlaforge-bench-models-"))
-    over = backbone_config(args.backbone, tmp_models, vlm_path=args.vlm_path, vlm_layers=args.vlm_layers,
-                           lora_r=args.lora_r)
+    with contextlib.redirect_stdout(sys.stderr):
+        over = backbone_config(args.backbone, tmp_models, vlm_path=args.vlm_path, vlm_layers=args.vlm_layers,
+                               lora_r=args.lora_r)
     if args.quick:
         size, batch, warmup, steps = 32, 16, 3, 10
         policy = PolicyConfig(**({"dim": 64, "layers": 1, "heads": 2, "chunk_size": 4, "n_action_steps": 2,
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         policy = PolicyConfig(**over)
     train = TrainConfig(batch_size=batch, lr=3e-4, warmup_steps=5, steps=1000, threads_per_learner=args.threads,
                         cpus_per_learner=args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    # Library warnings / load reports go to stderr: stdout stays pure JSON.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         dataset = args.dataset or write_dataset(Path(tmp) / "bench-data", size)
         if args.ranks:
             init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
