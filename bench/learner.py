@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vlm-path", default=None, help="--backbone hf: local VLM folder")
     ap.add_argument("--vlm-layers", type=int, default=None, help="hf backbones: policy.backbone.num_layers")
     ap.add_argument("--lora-r", type=int, default=None, help="hf backbones: LoRA rank (default: frozen VLM, no LoRA)")
+    ap.add_argument("--batch", type=int, default=None, help="global batch (override; large VLMs on CPU: 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per segment (override)")
     args = ap.parse_args(argv)
 
     from vlaforge.learners.config import TrainConfig
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         size, batch, warmup, steps = 64, 32, 5, 30
         policy = PolicyConfig(**over)
+    batch, steps = args.batch or batch, args.steps or steps
+    warmup = min(warmup, steps)
     train = TrainConfig(batch_size=batch, lr=3e-4, warmup_steps=5, steps=1000, threads_per_learner=args.threads,
                         cpus_per_learner=args.threads)
     # Library warnings / load reports go to stderr: stdout stays pure JSON.
