@@ -62,7 +62,7 @@ class BackboneConfig(StrictModel):
     path: str | None = None
     pretrained: bool = True  # hf: load the folder's weights; False = random init from its config.json
     freeze: bool = True  # hf: no gradient into the VLM (LoRA adapters, if any, still train)
-    lora: LoraSettings | None = None  # hf: LoRA adapters on the VLM (needs no freeze: the base stays frozen)
+    lora: LoraSettings | None = None  # hf: LoRA adapters on the VLM (with freeze: true; the base stays frozen)
     # hf: keep only the first N decoder layers of the VLM's language model and read the prefix features
     # from layer N (SmolVLA reads SmolVLM's layer 16 of 32: cheaper, and middle layers transfer well);
     # None = all layers (the final hidden state).
