@@ -75,7 +75,9 @@ def submit(recipe: str, overrides: list[str], address: str, run_dir: Path | None
     """Validate the recipe here, then submit it as a Ray job; -> (job id, absolute run directory)."""
     from vlaforge.platform.recipe import load_recipe
 
-    resolved = load_recipe(recipe, overrides)  # the user's mistakes surface before anything is uploaded
+    # The user's mistakes surface before anything is uploaded -- checked as the job will run it: on the
+    # cluster (ray.address=auto), so rules about the embedded cluster (its CPU count) do not apply here.
+    resolved = load_recipe(recipe, [*overrides, "ray.address=auto"])
     work = (working_dir or Path.cwd()).expanduser().resolve()
     path = Path(recipe).expanduser().resolve()
     try:
