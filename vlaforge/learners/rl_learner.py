@@ -267,6 +267,14 @@ class RLLearnerActor(LearnerActor):
         self._publisher, self._published_update = None, -1  # the next publish sends the restored weights as v + 1
         return step
 
+    def rollback(self, path: str, lr_scale: float) -> int:
+        """As LearnerActor.rollback; the weights version stays monotonic (the checkpoint's is older than what
+        the actors hold, and they load only newer versions): the next publish is a new, higher version."""
+        version = self.version
+        step = super().rollback(path, lr_scale)
+        self.version = max(self.version, version)
+        return step
+
     def state_checksums(self) -> dict[str, Any]:
         from vlaforge.learners.engine import optimizer_checksum
 
