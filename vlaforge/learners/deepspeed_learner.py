@@ -202,8 +202,7 @@ class LearnerActor:
             dist.all_reduce(vec)
             vec /= self.world_size
             dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the step rate is set by the slowest rank
-        metrics = {"train/loss": float("nan"), "train/lr": float(self.engine.get_lr()[0])}  # if every step skipped
-        metrics.update({f"train/{k}": float(v) for k, v in zip(names, vec.tolist())})
+        metrics = {f"train/{k}": float(v) for k, v in zip(names, vec.tolist())}  # no loss entries if all were skipped
         metrics["train/samples_per_s"] = applied * self.train_cfg.batch_size / max(float(t), 1e-9)
         metrics["train/step"] = float(self.global_step)
         metrics["train/epoch"] = float(self.stream.epoch)

@@ -209,8 +209,7 @@ class RLLearnerActor(LearnerActor):
         elapsed = time.perf_counter() - t0
         t = self._extreme(elapsed, "MAX")
         total = float(self._all_sum(torch.tensor([n * epochs], dtype=torch.float64)))
-        metrics = {"train/loss": float("nan"), "train/lr": float(self.engine.get_lr()[0])}  # if every step skipped
-        metrics.update({f"train/{k}": v for k, v in self._reduce_mean(sums, steps).items()})
+        metrics = {f"train/{k}": v for k, v in self._reduce_mean(sums, steps).items()}  # no loss entries if all skipped
         metrics.update(base)
         metrics.update(self.nonfinite_metrics(skipped))
         metrics.update({"train/skipped": 0.0, "train/epochs": float(epochs), "train/optimizer_steps": float(steps),

@@ -143,7 +143,7 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                 m = learners.call("train_steps", n, nonfinite_limit=watch.limit)[0]
             before, step = step, int(m["train/step"])  # skipped (non-finite) steps do not count
             bar.update(step - before)
-            bar.set_postfix(loss=f"{m['train/loss']:.4f}")
+            bar.set_postfix(loss=f"{m.get('train/loss', float('nan')):.4f}")
             ctx.metrics.log({**m, **system_metrics()}, step=base + step)
             back = watch.check(m, step)
             if back is not None:
