@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -100,8 +101,7 @@ def load_latest(ctx: Any, stage: Any, learners: Any, stage_dir: Path) -> Path | 
     if latest is None:
         return None
     learners.call("load_checkpoint", str(latest))
-    newest = max((p for p in ckpt.checkpoints_dir(stage_dir).glob("step-*") if p.is_dir()),
-                 key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1, default=None)
+    newest = _newest_folder(ckpt.checkpoints_dir(stage_dir))
     if newest is not None and newest != latest:
         ctx.faults.handle(stage.name, None, f"checkpoint {newest.name} unusable",
                           f"fell back to the previous complete checkpoint {latest.name}")
@@ -109,6 +109,16 @@ def load_latest(ctx: Any, stage: Any, learners: Any, stage_dir: Path) -> Path | 
     if scale is not None:
         learners.call("set_lr_scale", scale)
     return latest
+
+
+def _newest_folder(ckpts: Path) -> Path | None:
+    """The newest committed checkpoint folder on disk (``step-N`` or a re-save ``step-N.rK``), verified or not."""
+    found = []
+    for p in ckpts.glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)(?:\.r(\d+))?", p.name)
+        if m and p.is_dir():
+            found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
+    return max(found)[1] if found else None
 
 
 class NonFiniteWatch:
