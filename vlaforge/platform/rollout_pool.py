@@ -280,13 +280,14 @@ class RolloutPool:
                 f"rollout actor {rank} failed ({type(cause).__name__}: {cause}); that is restart {n} of this run and "
                 f"rollout.max_restarts={budget}: stopping. Fix the cause above or raise rollout.max_restarts."
             ) from err
-        log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, cause, n, budget)
+        brief = (str(cause).strip().splitlines() or [""])[0]  # Ray's death notice: a dozen lines of generic causes
+        log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, brief, n, budget)
         self._incarnation[rank] += 1
         self.group.restart(rank, incarnation=self._incarnation[rank])  # kills it first (a hung one too)
         self._fresh[rank] = True
         kind = {RolloutEnvError: "env kept failing", ActorHung: "hung"}.get(type(cause), "died")
         self.events.append({
-            "fault": f"rollout actor {kind}", "rank": rank, "detail": f"{type(cause).__name__}: {cause}"[:300],
+            "fault": f"rollout actor {kind}", "rank": rank, "detail": f"{type(cause).__name__}: {brief}"[:300],
             "handled": f"killed and replaced (incarnation {self._incarnation[rank]}, restart {n}/{budget}); its request "
                        f"re-run with weights v{self._latest_version}, which the new actor loads first"})
         if self.cfg.broadcast == "collective":

@@ -45,7 +45,10 @@ class WorkerError(RuntimeError):
                  kind: str = "raised", detail: str = ""):
         self.rank, self.method, self.cause, self.kind = rank, method, cause, kind
         what = {"raised": "failed in", "died": "died in", "hung": "hung in", "timeout": "timed out in"}[kind]
-        super().__init__(f"{group}: rank {rank}/{world} {what} {method}(): {cause}" + (f" ({detail})" if detail else ""))
+        text = str(cause)
+        if kind == "died":  # Ray's death notice runs to a dozen lines of generic causes: its first line says it
+            text = text.strip().splitlines()[0] if text.strip() else type(cause).__name__
+        super().__init__(f"{group}: rank {rank}/{world} {what} {method}(): {text}" + (f" ({detail})" if detail else ""))
 
     @property
     def lost(self) -> bool:
