@@ -84,13 +84,14 @@ def write_video(frames, path: Path, fps: int) -> None:
 
 def run_evaluation(
     policy_dir: Path, env_cfg: EnvConfig, cfg: EvalConfig, out_dir: Path, tasks: list[str], progress: bool = True,
-    timeouts_cfg: TimeoutsConfig | None = None, max_restarts: int = 3,
+    timeouts_cfg: TimeoutsConfig | None = None, max_restarts: int = 3, worker_cls: type | None = None,
 ) -> dict:
     """Evaluate the exported policy in ``policy_dir``; writes ``out_dir/eval.json`` and videos.
 
     Every wave is bounded (``timeouts_cfg.eval_wave_s``, plus ``actor_start_s`` for a new actor's first wave):
     an actor that dies or overruns is killed and replaced and its wave re-run on the same seeds (the same
-    fixed initial states, so the result is unchanged), at most ``max_restarts`` times per evaluation."""
+    fixed initial states, so the result is unchanged), at most ``max_restarts`` times per evaluation.
+    ``worker_cls``: the actor class (default ``EvalWorker``; tests pass a subclass that misbehaves)."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
     from tqdm import tqdm
@@ -102,14 +103,20 @@ def run_evaluation(
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     env_cfg = env_cfg.model_copy(update={"instructions": cfg.instructions})
     waves = episode_plan(tasks, cfg)
-    worker_cls = ray.remote(num_cpus=1)(EvalWorker)
+    worker_cls = ray.remote(num_cpus=1)(worker_cls or EvalWorker)
     n_workers = min(cfg.num_workers, len(waves))
 
-    def spawn():
-        return worker_cls.remote(str(policy_dir), env_cfg.model_dump(mode="json"))
+    starting: dict = {}  # readiness ref of a new actor -> its index: until it resolves, the actor is loading
 
-    workers = [spawn() for _ in range(n_workers)]
-    fresh = [True] * n_workers  # a new actor's first wave also waits for it to load the policy and build envs
+    def spawn(w: int):
+        actor = worker_cls.remote(str(policy_dir), env_cfg.model_dump(mode="json"))
+        starting[actor.__ray_ready__.remote()] = w
+        return actor
+
+    workers = [spawn(w) for w in range(n_workers)]
+    # a new actor's first wave may also wait for it to load the policy and build its envs (actor_start_s);
+    # once the actor is up, that wave's clock restarts with eval_wave_s alone
+    fresh = [True] * n_workers
     todo = list(range(len(waves)))[::-1]  # a stack: pop() takes the next wave; a failed wave goes back on top
     running: dict = {}  # ref -> (worker index, wave index)
     due = timeouts.Deadlines()
@@ -132,7 +139,9 @@ def run_evaluation(
                                   f"{len(faults) + 1} failures, runtime.max_eval_restarts={max_restarts}: stopping")
         log.warning("eval: actor %d %s on %s seeds %s; replacing it and re-running the wave", w, what, *waves[i][:2])
         ray.kill(workers[w], no_restart=True)
-        workers[w], fresh[w] = spawn(), True
+        for ref in [r for r, x in starting.items() if x == w]:  # the old actor's readiness no longer counts
+            del starting[ref]
+        workers[w], fresh[w] = spawn(w), True
         todo.append(i)  # the same seeds again: the same initial states
         faults.append({"fault": f"evaluation actor {what}", "rank": w, "detail": f"wave {waves[i][0]} seeds {waves[i][1]}",
                        "handled": "killed and replaced; the wave re-run on the same seeds"})
@@ -143,7 +152,13 @@ def run_evaluation(
                 submit(w)
         while running:
             due.keep(running)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=due.left())
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=due.left())
+            if ready and ready[0] in starting:  # an actor is up: its first wave now has eval_wave_s
+                w = starting.pop(ready[0])
+                for ref, (rw, _) in running.items():
+                    if rw == w:
+                        due.start(ref, t_cfg.eval_wave_s)
+                continue
             if not ready:
                 for ref in due.overdue():
                     w, i = running.pop(ref)

@@ -122,7 +122,10 @@ class RolloutPool:
             init_kwargs=init_kwargs, timeout_s=self.timeouts.actor_start_s + self.timeouts.rollout_sample_s,
         )
         self._incarnation = [0] * cfg.num_actors
-        self._fresh = [True] * cfg.num_actors  # its first request also waits for the actor to build env + policy
+        # A replacement's first request may also wait for it to build env + policy (actor_start_s); once its
+        # readiness ref (``__ray_ready__``) resolves, the request's clock restarts with rollout_sample_s alone.
+        self._fresh = [True] * cfg.num_actors
+        self._starting: dict[ray.ObjectRef, int] = {}  # readiness ref of a replacement -> rank
         self._due = timeouts.Deadlines()  # request -> deadline
         self.events: list[dict[str, Any]] = []  # one entry per actor failure and how it was handled (run summary)
         self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
@@ -189,7 +192,14 @@ class RolloutPool:
         """The next finished request, or None after replacing every actor whose request overran its deadline
         (each such request is removed from ``pending``; the caller resubmits from ``self._resubmit``)."""
         self._due.keep(pending)
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=self._due.left())
+        while True:
+            ready, _ = ray.wait(list(pending) + list(self._starting), num_returns=1, timeout=self._due.left())
+            if not ready or ready[0] not in self._starting:
+                break
+            rank = self._starting.pop(ready[0])  # a replacement is up: its request now has rollout_sample_s
+            for ref, r in pending.items():
+                if r == rank:
+                    self._due.start(ref, self.timeouts.rollout_sample_s)
         if ready:
             self._due.stop(ready[0])
             return ready[0]
@@ -283,8 +293,10 @@ class RolloutPool:
         brief = (str(cause).strip().splitlines() or [""])[0]  # Ray's death notice: a dozen lines of generic causes
         log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, brief, n, budget)
         self._incarnation[rank] += 1
-        self.group.restart(rank, incarnation=self._incarnation[rank])  # kills it first (a hung one too)
+        actor = self.group.restart(rank, incarnation=self._incarnation[rank])  # kills it first (a hung one too)
         self._fresh[rank] = True
+        self._starting = {ref: r for ref, r in self._starting.items() if r != rank}
+        self._starting[actor.__ray_ready__.remote()] = rank
         kind = {RolloutEnvError: "env kept failing", ActorHung: "hung"}.get(type(cause), "died")
         self.events.append({
             "fault": f"rollout actor {kind}", "rank": rank, "detail": f"{type(cause).__name__}: {brief}"[:300],
