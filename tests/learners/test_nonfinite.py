@@ -79,3 +79,44 @@ def test_a_stopped_rank_is_named_within_the_deadline(group):
     assert e.kind == "hung" and e.rank == 1 and e.lost
     assert "rank 1/2 hung in train_steps()" in str(e) and "ranks [0] are alive" in str(e)
     assert time.monotonic() - started < 8 + 5 + 10  # the deadline + the liveness probe + slack
+
+
+GRAD_SCRIPT = r'''
+import os, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import torch, deepspeed
+from vlaforge.learners.engine import StepGuard
+deepspeed.init_distributed(dist_backend="gloo")
+for stage in (0, 1):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 2)
+    cfg = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_clipping": 1.0,
+           "zero_optimization": {"stage": stage}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+    eng = deepspeed.initialize(model=m, model_parameters=m.parameters(), config=cfg)[0]
+    guard, x = StepGuard(), torch.randn(2, 4)
+    snap = lambda: [p.detach().clone() for p in eng.module.parameters()]
+    assert guard.step(eng, eng(x).pow(2).mean())
+    before = snap()
+    hook = eng.module.weight.register_hook(lambda g: g * float("inf"))  # finite loss, infinite gradient
+    applied = guard.step(eng, eng(x).pow(2).mean())
+    hook.remove()
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, snap()))
+    assert guard.step(eng, eng(x).pow(2).mean())  # the next clean step trains again
+    finite = all(bool(torch.isfinite(p).all()) for p in eng.module.parameters())
+    print(f"zero{stage} applied={applied} unchanged={unchanged} skips={guard.total} finite={finite}")
+'''
+
+
+def test_a_nonfinite_gradient_with_a_finite_loss_is_skipped(tmp_path):
+    """ZeRO 0 (our own all-reduced p.grad check) and ZeRO 1 (DeepSpeed's overflow check on the gradient norm):
+    an infinite gradient leaves the parameters unchanged, and the next clean step trains (1 rank, in-process)."""
+    import subprocess
+    import sys
+
+    from vlaforge.runtime.process import process_env
+
+    env = {**os.environ, **process_env()}
+    out = subprocess.run([sys.executable, "-c", GRAD_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("zero")]
+    assert lines == [f"zero{s} applied=False unchanged=True skips=1 finite=True" for s in (0, 1)], out.stderr[-2000:]
