@@ -212,11 +212,11 @@ def test_sigstop_mid_sample_is_a_hang_killed_replaced_and_resynced(sync_pool, le
     thread = threading.Thread(target=stopper)
     thread.start()
     handle = train_and_publish(learner)
-    t0 = time.monotonic()
+    t0 = time.time()
     batch = sync_pool.sample(handle)
-    elapsed = time.monotonic() - t0
     thread.join()
-    assert stopped == [pid] and SAMPLE_DEADLINE_S <= elapsed < SAMPLE_DEADLINE_S + 60
+    detected = sync_pool.events[-1]["time"] - t0  # the replacement's own start-up comes on top (slow under load)
+    assert stopped == [pid] and SAMPLE_DEADLINE_S <= detected < SAMPLE_DEADLINE_S + 15
     assert batch.versions == [handle.version] * 2 and (batch.data[keys.POLICY_VERSION] == handle.version).all()
     assert batch.metrics["rollout/actor_restarts"] == 3 and batch.metrics["rollout/actor_hangs"] == 1
     info = sync_pool.info()[1]

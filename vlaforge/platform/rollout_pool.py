@@ -300,6 +300,7 @@ class RolloutPool:
         kind = {RolloutEnvError: "env kept failing", ActorHung: "hung"}.get(type(cause), "died")
         self.events.append({
             "fault": f"rollout actor {kind}", "rank": rank, "detail": f"{type(cause).__name__}: {brief}"[:300],
+            "time": time.time(),
             "handled": f"killed and replaced (incarnation {self._incarnation[rank]}, restart {n}/{budget}); its request "
                        f"re-run with weights v{self._latest_version}, which the new actor loads first"})
         if self.cfg.broadcast == "collective":
