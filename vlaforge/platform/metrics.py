@@ -19,9 +19,25 @@ import psutil
 NAMESPACES = ("train", "eval", "rollout", "env", "time", "system", "reward", "data")
 
 
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except _GONE:  # exited (or became a zombie / another user's) between listing and reading: holds no memory
+        return 0
+
+
 def system_metrics() -> dict[str, float]:
+    """CPU, memory and the driver's process tree RSS. Never raises when a child process (Ray workers,
+    simulators, encoders) exits while it is being read: a vanished process counts as 0 bytes."""
     proc = psutil.Process()
-    rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+    try:
+        children = proc.children(recursive=True)
+    except _GONE:
+        children = []
+    rss = _rss(proc) + sum(_rss(c) for c in children)
     return {
         "system/cpu_percent": psutil.cpu_percent(interval=None),
         "system/mem_used_gb": psutil.virtual_memory().used / 2**30,

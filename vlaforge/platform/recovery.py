@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,8 +73,12 @@ def run_with_restarts(ctx: Any, stage: Any, fn: Callable[..., Path], recipe: Any
         except WorkerError as e:
             if not e.lost:
                 raise
-            latest = ckpt.find_latest(stage_dir)
-            where = latest.name if latest is not None else "its start (no checkpoint yet)"
+            try:
+                latest = ckpt.find_latest(stage_dir)  # the newest that verifies (falls back past corrupt ones)
+            except ckpt.CheckpointError as ce:  # none verifies: the restart will say so again, plainly
+                latest = None
+                log.warning("stage %s: %s", stage.name, ce)
+            where = latest.name if latest is not None else "its start (no usable checkpoint)"
             fault = f"learner rank {e.rank} {e.kind}"
             if attempt >= budget:
                 ctx.faults.handle(stage.name, ctx.stage_step, fault, "run stopped: stage restart budget spent", str(e))
@@ -97,11 +100,15 @@ def load_latest(ctx: Any, stage: Any, learners: Any, stage_dir: Path) -> Path | 
 
     if not (ctx.resume or ctx.attempt):
         return None
-    latest = ckpt.find_latest(stage_dir)
+    try:
+        latest = ckpt.find_latest(stage_dir)
+    except ckpt.CheckpointError as e:  # no checkpoint of the stage verifies: say so, no traceback
+        raise VlaforgeError(f"stage {stage.name}: cannot {'resume' if ctx.resume else 'restart'}: {e}") from None
     if latest is None:
         return None
     learners.call("load_checkpoint", str(latest))
-    newest = _newest_folder(ckpt.checkpoints_dir(stage_dir))
+    folders = ckpt.committed(ckpt.checkpoints_dir(stage_dir))  # oldest first, verified or not
+    newest = folders[-1] if folders else None
     if newest is not None and newest != latest:
         ctx.faults.handle(stage.name, None, f"checkpoint {newest.name} unusable",
                           f"fell back to the previous complete checkpoint {latest.name}")
@@ -109,16 +116,6 @@ def load_latest(ctx: Any, stage: Any, learners: Any, stage_dir: Path) -> Path | 
     if scale is not None:
         learners.call("set_lr_scale", scale)
     return latest
-
-
-def _newest_folder(ckpts: Path) -> Path | None:
-    """The newest committed checkpoint folder on disk (``step-N`` or a re-save ``step-N.rK``), verified or not."""
-    found = []
-    for p in ckpts.glob("step-*"):
-        m = re.fullmatch(r"step-(\d+)(?:\.r(\d+))?", p.name)
-        if m and p.is_dir():
-            found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
-    return max(found)[1] if found else None
 
 
 class NonFiniteWatch:
