@@ -66,7 +66,7 @@ def test_the_run_finishes_and_lists_every_injected_fault(chaos_run):
     assert json.loads((run_dir / "faults.json").read_text()) == summary["faults"]
     printed = summary["printed"]  # the end-of-run printout: one line per injection and per handled fault
     assert printed.count("injected:    ") == 6 and printed.count("fault:       ") == len(summary["faults"]["handled"])
-    assert "kill_learner (SIGKILL to learner rank" in printed and "-> stage restarted from step-10" in printed
+    assert "kill_learner (SIGKILL of learner rank" in printed and "-> stage restarted from step-10" in printed
     assert json.loads((run_dir / "summary.json").read_text())["faults"] == summary["faults"]
 
 

@@ -67,6 +67,7 @@ class LearnerActor:
         self.rank, self.world_size = local_world()
         self.guard = StepGuard()  # NaN/Inf: skip the step on every rank, count it
         self._nan_steps = 0  # chaos / tests: the next n optimizer steps of this rank get NaN inputs
+        self._kill_in: int | None = None  # chaos / tests: SIGKILL this rank's process before its n-th next step
 
     # -- setup ----------------------------------------------------------------------------------------
     def setup(
@@ -153,7 +154,23 @@ class LearnerActor:
             inp = inp.apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
         return inp
 
+    def kill_in_steps(self, n: int) -> int:
+        """Chaos / tests: this rank's process SIGKILLs itself right before its ``n``-th next optimizer step
+        (n >= 1): a real death in the middle of a training call, at a deterministic point. Returns n."""
+        self._kill_in = max(1, int(n))
+        return self._kill_in
+
+    def _maybe_die(self) -> None:
+        if self._kill_in is not None:
+            self._kill_in -= 1
+            if self._kill_in <= 0:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+
     def _maybe_nan(self, inp: TensorDictBase) -> TensorDictBase:
+        self._maybe_die()
         if self._nan_steps > 0:
             self._nan_steps -= 1
             return nan_inputs(inp)

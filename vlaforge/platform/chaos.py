@@ -3,12 +3,14 @@ paths are exercised where they matter, not only in unit tests.
 
     kill_rollout_actor   SIGKILL of a rollout actor's process while it samples   -> pool replaces it, re-syncs
     stop_rollout_actor   SIGSTOP of a rollout actor's process (alive, silent)   -> sample deadline, kill, replace
-    kill_learner         SIGKILL of a learner rank while it trains               -> stage restarts from checkpoint
+    kill_learner         SIGKILL of a learner rank before one of its next steps  -> stage restarts from checkpoint
     corrupt_checkpoint   truncate the largest file of the newest checkpoint      -> resume/restart falls back
     nan_batch            NaN inputs for the next chaos.nan_steps steps of a rank -> steps skipped, maybe rollback
 
-Injections happen right before a training call (BC: every train.log_every steps; RL: every update); kills
-and stops land ``chaos.delay_s`` later, inside the call. What is injected goes to the run's FaultLog; what
+Injections happen right before a training call (BC: every train.log_every steps; RL: every update). A
+learner rank kills itself right before a random one of the call's optimizer steps (a real SIGKILL, at a
+step rather than a time, so it always lands inside the call); rollout actors are signalled
+``chaos.delay_s`` after their sample call starts. What is injected goes to the run's FaultLog; what
 the components saw and did goes there too (recovery.py), and the run summary prints both.
 """
 
@@ -94,12 +96,15 @@ class Chaos:
             out.append(self.rng.choice(kinds))
         return out
 
-    def before_train(self, stage: str, step: int, learners: Any, stage_dir: Path, pool: Any = None) -> None:
-        """Called right before a training call (BC) or a rollout sample (RL, ``pool`` given)."""
+    def before_train(self, stage: str, step: int, learners: Any, stage_dir: Path, pool: Any = None,
+                     steps_in_call: int = 1) -> None:
+        """Called right before a training call of ``steps_in_call`` optimizer steps (BC) or a rollout sample
+        (RL, ``pool`` given; its update has at least one step)."""
         if not self.cfg.enabled:
             return
         for fault in self._due(stage, RL_FAULTS if pool is not None else BC_FAULTS, step):
-            getattr(self, fault)(stage, step, learners=learners, pool=pool, stage_dir=stage_dir)
+            getattr(self, fault)(stage, step, learners=learners, pool=pool, stage_dir=stage_dir,
+                                 steps_in_call=steps_in_call)
 
     def _later(self, pid: int, node: str, sig: int) -> None:
         t = threading.Timer(self.cfg.delay_s, send_signal, (pid, node, sig))
@@ -108,12 +113,13 @@ class Chaos:
         self._timers.append(t)
 
     # -- the faults --------------------------------------------------------------------------------------
-    def kill_learner(self, stage: str, step: int, learners: Any, **_: Any) -> None:
+    def kill_learner(self, stage: str, step: int, learners: Any, steps_in_call: int = 1, **_: Any) -> None:
         rank = self.rng.randrange(learners.world_size)
-        pid, node = learners.processes()[rank]
-        self._later(pid, node, signal.SIGKILL)
-        self.faults.inject(stage, step, "kill_learner", f"SIGKILL to learner rank {rank} (pid {pid}) "
-                                                        f"{self.cfg.delay_s:g} s into its training call")
+        at = self.rng.randint(1, max(1, steps_in_call))
+        pid = learners.processes()[rank][0]
+        learners.call_rank(rank, "kill_in_steps", at)
+        self.faults.inject(stage, step, "kill_learner", f"SIGKILL of learner rank {rank} (pid {pid}) before step {at} "
+                                                        f"of its next training call")
 
     def nan_batch(self, stage: str, step: int, learners: Any, **_: Any) -> None:
         rank = self.rng.randrange(learners.world_size)

@@ -46,9 +46,10 @@ def learner_group(ctx: StageContext, actor_cls: type, recipe: Recipe, stage: Sta
                        name=f"{stage.name}-learners", timeout_s=to.learner_call_s, probe_s=to.probe_s, probe=True)
 
 
-def chaos_tick(ctx: StageContext, stage: StageConfig, step: int, learners, stage_dir: Path, pool=None) -> None:
+def chaos_tick(ctx: StageContext, stage: StageConfig, step: int, learners, stage_dir: Path, pool=None,
+               steps_in_call: int = 1) -> None:
     if ctx.chaos is not None:
-        ctx.chaos.before_train(stage.name, step, learners, stage_dir, pool)
+        ctx.chaos.before_train(stage.name, step, learners, stage_dir, pool, steps_in_call)
 
 
 # (context, stage, the recipe as the stage sees it (its `set:` merged), stage folder, start policy) -> policy
@@ -164,7 +165,7 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         while step < t.steps:
             ctx.stage_step = step
             n = min(t.log_every, t.steps - step)
-            chaos_tick(ctx, stage, step, learners, stage_dir)
+            chaos_tick(ctx, stage, step, learners, stage_dir, steps_in_call=n)
             with ctx.timers.phase("learn"):
                 m = learners.call("train_steps", n, nonfinite_limit=watch.limit)[0]
             before, step = step, int(m["train/step"])  # skipped (non-finite) steps do not count

@@ -56,7 +56,8 @@ class ChaosEvent(StrictModel):
 
 class ChaosConfig(StrictModel):
     """Fault injection during a real run (vlaforge/platform/chaos.py): SIGKILL / SIGSTOP of a rollout actor's
-    process, SIGKILL of a learner rank mid-call, truncation of a file of the newest checkpoint, NaN inputs.
+    process mid-sample, SIGKILL of a learner rank before a step of its next training call, truncation of a
+    file of the newest checkpoint, NaN inputs.
     The run summary lists every fault injected and how it was handled."""
 
     enabled: bool = False
@@ -66,7 +67,7 @@ class ChaosConfig(StrictModel):
     max_faults: int = Field(10, ge=0)  # random injections over the run (scheduled ones come on top)
     schedule: list[ChaosEvent] = Field(default_factory=list)  # deterministic injections (drills, tests)
     nan_steps: int = Field(1, ge=1)  # optimizer steps a nan_batch fault poisons (in a row, on one rank)
-    delay_s: float = Field(0.5, ge=0.0)  # kills and stops land this long after the call they target started
+    delay_s: float = Field(0.5, ge=0.0)  # rollout-actor kills and stops land this long after the sample call started
 
     @model_validator(mode="after")
     def _some_fault(self):
