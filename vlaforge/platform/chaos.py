@@ -9,8 +9,9 @@ paths are exercised where they matter, not only in unit tests.
 
 Injections happen right before a training call (BC: every train.log_every steps; RL: every update). A
 learner rank kills itself right before a random one of the call's optimizer steps (a real SIGKILL, at a
-step rather than a time, so it always lands inside the call); rollout actors are signalled
-``chaos.delay_s`` after their sample call starts. What is injected goes to the run's FaultLog; what
+step rather than a time, so it always lands inside the call); rollout actors are signalled right before
+their sample call (``chaos.delay_s`` = 0, deterministic) or that many seconds into it (mid-sample when
+the call takes longer; a signal that lands after the call is met by the next one). What is injected goes to the run's FaultLog; what
 the components saw and did goes there too (recovery.py), and the run summary prints both.
 """
 
@@ -107,6 +108,9 @@ class Chaos:
                                  steps_in_call=steps_in_call)
 
     def _later(self, pid: int, node: str, sig: int) -> None:
+        if self.cfg.delay_s == 0:  # right before the call: it always meets the dead / stopped process
+            send_signal(pid, node, sig)
+            return
         t = threading.Timer(self.cfg.delay_s, send_signal, (pid, node, sig))
         t.daemon = True
         t.start()
@@ -136,8 +140,8 @@ class Chaos:
         k = self.rng.randrange(pool.num_actors)
         pid, node = actor_process(pool.group.actors[k], pool.timeouts.rollout_sample_s)
         self._later(pid, node, sig)
-        self.faults.inject(stage, step, name, f"{signal.Signals(sig).name} to rollout actor {k} (pid {pid}) "
-                                              f"{self.cfg.delay_s:g} s into its sample call")
+        when = f"{self.cfg.delay_s:g} s into its sample call" if self.cfg.delay_s else "right before its sample call"
+        self.faults.inject(stage, step, name, f"{signal.Signals(sig).name} to rollout actor {k} (pid {pid}) {when}")
 
     def kill_rollout_actor(self, stage: str, step: int, pool: Any, **_: Any) -> None:
         self._rollout_signal(stage, step, pool, signal.SIGKILL, "kill_rollout_actor")

@@ -67,7 +67,8 @@ class ChaosConfig(StrictModel):
     max_faults: int = Field(10, ge=0)  # random injections over the run (scheduled ones come on top)
     schedule: list[ChaosEvent] = Field(default_factory=list)  # deterministic injections (drills, tests)
     nan_steps: int = Field(1, ge=1)  # optimizer steps a nan_batch fault poisons (in a row, on one rank)
-    delay_s: float = Field(0.5, ge=0.0)  # rollout-actor kills and stops land this long after the sample call started
+    # rollout-actor kills and stops: 0 = right before the sample call (always met by it); > 0: this long into it
+    delay_s: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _some_fault(self):
