@@ -121,13 +121,9 @@ def test_a_killed_rank_is_blamed_not_its_peer_and_a_deadline_bounds_every_call(r
     try:
         assert group.call("allreduce_loop", 0.1, timeout=120)[0] > 0  # rendezvous done
         with pytest.raises(WorkerError) as slow:
-            group.call("allreduce_loop", 30.0, timeout=2)
+            group.call("allreduce_loop", 10.0, timeout=2)
         assert slow.value.kind == "timeout" and slow.value.lost and "allreduce_loop() on ranks [0, 1]" in str(slow.value)
-    finally:
-        group.shutdown()
-    group = WorkerGroup(Probe, 2, cpus_per_worker=1, name="probe4", init_args=("t",), probe=True, probe_s=5)
-    try:
-        assert group.call("allreduce_loop", 0.1, timeout=120)[0] > 0
+        assert group.call("echo", 1, timeout=120)[0][2] == 1  # the slow loop ended: the same ranks go on
         pid = group.processes()[1][0]
         threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
         with pytest.raises(WorkerError) as info:
