@@ -287,7 +287,7 @@ register_stage("grpo", objectives=("grpo", "rloo"), grouped=True, **_RL)(run_rl)
 def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
     """The reward model RL uses: reward_model.model_dir, else the newest reward_model stage of this run."""
     if recipe.reward_model.model_dir:
-        return Path(recipe.reward_model.model_dir).expanduser()
+        return Path(recipe.reward_model.model_dir).expanduser().resolve()
     for st in reversed(recipe.stages):
         if st.kind == "reward_model" and (ctx.run_dir / st.name / "reward_model").exists():
             return ctx.run_dir / st.name / "reward_model"
