@@ -1,5 +1,6 @@
 """RolloutPool with real Ray actors on real Meta-World (32 px, B=2, T=2, tiny policy): versions in sync and
-async mode, restarts after ray.kill / os.kill with re-sync, env failures, the restart budget."""
+async mode, restarts after ray.kill / os.kill (SIGKILL) / SIGSTOP (a hang) with re-sync, env failures, the
+restart budget."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vlaforge.actors.config import RolloutConfig
 from vlaforge.actors.rollout import PolicySource, RolloutWorker
 from vlaforge.envs import EnvConfig
 from vlaforge.platform.rollout_pool import RolloutPool, RolloutPoolError
+from vlaforge.runtime.config import TimeoutsConfig
 from vlaforge.runtime.weights import WeightPublisher, WeightsHandle
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
 
@@ -83,11 +85,15 @@ def make_policy(seed: int):
     return build_policy(PCFG, SPEC).eval()
 
 
-def make_pool(mode: str = "sync", backend: str = "metaworld", num_actors: int = 2, **over) -> RolloutPool:
+def make_pool(mode: str = "sync", backend: str = "metaworld", num_actors: int = 2, timeouts_cfg=None, **over) -> RolloutPool:
     env_cfg = EnvConfig(backend=backend, image_size=32, tasks=["reach-v3", "push-v3"], state="proprio", max_episode_steps=5)
     cfg = RolloutConfig(num_actors=num_actors, envs_per_actor=B, steps_per_sample=T, mode=mode, **over)
     source = PolicySource.from_parts(PCFG, SPEC, VLAProcessor.from_stats(PCFG, STATS))
-    return RolloutPool(env_cfg, source, cfg, seed=7, worker_cls=MarkedWorker, name=f"rollout-{mode}-{backend}-{num_actors}")
+    return RolloutPool(env_cfg, source, cfg, seed=7, worker_cls=MarkedWorker, name=f"rollout-{mode}-{backend}-{num_actors}",
+                       timeouts_cfg=timeouts_cfg)
+
+
+SAMPLE_DEADLINE_S = 20.0  # a 2x2 sample takes well under a second; 20 s leaves room for a loaded machine
 
 
 def recomputed_log_prob(policy, data):
@@ -100,7 +106,7 @@ def recomputed_log_prob(policy, data):
 
 @pytest.fixture(scope="module")
 def sync_pool(ray_cluster):
-    pool = make_pool("sync", max_restarts=3)
+    pool = make_pool("sync", max_restarts=3, timeouts_cfg=TimeoutsConfig(rollout_sample_s=SAMPLE_DEADLINE_S))
     yield pool
     pool.shutdown()
 
@@ -179,12 +185,58 @@ def test_os_kill_mid_sample_restarts_discards_and_counts(sync_pool, learner):
     assert info["pid"] != pid and info["incarnation"] == 1 and info["version"] == handle.version
 
 
+def _proc_state(pid: int) -> str:
+    """'R', 'S', 'T' (stopped), 'Z' (zombie) ... or '' once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
+def test_sigstop_mid_sample_is_a_hang_killed_replaced_and_resynced(sync_pool, learner):
+    before = sync_pool.info()[1]
+    pid = before["pid"]
+    marker = MARKERS / f"{pid}.started"
+    marker.unlink(missing_ok=True)
+    (MARKERS / "pause").touch()
+    stopped = []
+
+    def stopper():
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        (MARKERS / "pause").unlink(missing_ok=True)
+        os.kill(pid, signal.SIGSTOP)  # alive but silent inside sample(): only a deadline can tell
+        stopped.append(pid)
+
+    thread = threading.Thread(target=stopper)
+    thread.start()
+    handle = train_and_publish(learner)
+    t0 = time.time()
+    batch = sync_pool.sample(handle)
+    thread.join()
+    detected = sync_pool.events[-1]["time"] - t0  # the replacement's own start-up comes on top (slow under load)
+    assert stopped == [pid] and SAMPLE_DEADLINE_S <= detected < SAMPLE_DEADLINE_S + 15
+    assert batch.versions == [handle.version] * 2 and (batch.data[keys.POLICY_VERSION] == handle.version).all()
+    assert batch.metrics["rollout/actor_restarts"] == 3 and batch.metrics["rollout/actor_hangs"] == 1
+    info = sync_pool.info()[1]
+    assert info["pid"] != pid and info["incarnation"] == before["incarnation"] + 1
+    assert info["version"] == handle.version  # re-synced: the replacement loaded the newest weights
+    torch.testing.assert_close(recomputed_log_prob(learner["policy"], batch.data),
+                               batch.data.reshape(-1)[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
+    assert sync_pool.events[-1]["fault"] == "rollout actor hung" and sync_pool.events[-1]["rank"] == 1
+    deadline = time.time() + 30  # the stopped process was killed, not left behind
+    while _proc_state(pid) not in ("", "Z") and time.time() < deadline:
+        time.sleep(0.2)
+    assert _proc_state(pid) in ("", "Z")
+
+
 def test_a_bug_in_an_actor_is_raised_not_restarted(sync_pool, learner):
     other = build_policy(PCFG.model_copy(update={"dim": 16, "heads": 2}), SPEC)  # a different architecture
     bad = WeightPublisher(start_version=learner["pub"].version).publish(other)
     with pytest.raises(RolloutPoolError, match=r"(?s)not restarted.*LayoutMismatch"):
         sync_pool.sample(bad)
-    assert sync_pool.counters["actor_restarts"] == 2
+    assert sync_pool.counters["actor_restarts"] == 3
 
 
 def test_async_mode_respects_the_staleness_bound(ray_cluster):

@@ -38,6 +38,21 @@ class Probe:
         dist.all_reduce(t)
         return float(t.item())
 
+    def allreduce_loop(self, seconds: float) -> int:
+        """All-reduces for ``seconds`` (a stand-in for a training call: a collective every few ms)."""
+        import time
+
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            dist.all_reduce(torch.ones(1))
+            n += 1
+        return n
+
     def fail_on(self, rank: int) -> int:
         me = int(os.environ["RANK"])
         if me == rank:
@@ -93,3 +108,26 @@ def test_worker_group_dead_rank_and_unplaceable(ray_cluster):
     # More CPUs than the 4-CPU test cluster has: a clear error, not a hang.
     with pytest.raises(RuntimeError, match="could not place 2 bundles"):
         WorkerGroup(Probe, 2, cpus_per_worker=3, name="toobig", placement_timeout_s=2)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_blamed_not_its_peer_and_a_deadline_bounds_every_call(ray_cluster):
+    """SIGKILL of rank 1 inside a collective: rank 0 fails too (gloo: connection closed), but the error names
+    rank 1 as dead. A call that overruns its deadline on live ranks is a 'timeout' naming the method."""
+    import signal
+    import threading
+
+    group = WorkerGroup(Probe, 2, cpus_per_worker=1, name="probe3", init_args=("t",), probe=True, probe_s=5)
+    try:
+        assert group.call("allreduce_loop", 0.1, timeout=120)[0] > 0  # rendezvous done
+        with pytest.raises(WorkerError) as slow:
+            group.call("allreduce_loop", 10.0, timeout=2)
+        assert slow.value.kind == "timeout" and slow.value.lost and "allreduce_loop() on ranks [0, 1]" in str(slow.value)
+        assert group.call("echo", 1, timeout=120)[0][2] == 1  # the slow loop ended: the same ranks go on
+        pid = group.processes()[1][0]
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+        with pytest.raises(WorkerError) as info:
+            group.call("allreduce_loop", 60.0, timeout=60)
+        assert info.value.kind == "died" and info.value.rank == 1 and "rank 1/2 died in allreduce_loop()" in str(info.value)
+    finally:
+        group.shutdown()

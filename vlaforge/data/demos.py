@@ -96,23 +96,29 @@ class _TaskState:
 
 
 def generate_demos(
-    env_cfg: EnvConfig, demo_cfg: DemoConfig, out_dir: str | Path | None = None, progress: bool = True
+    env_cfg: EnvConfig, demo_cfg: DemoConfig, out_dir: str | Path | None = None, progress: bool = True,
+    timeout_s: float = 900.0,
 ) -> Path:
     """Generate (or find cached) expert demonstrations; returns the LeRobot v3 dataset folder.
-    Ray must already be initialised by the caller (when the dataset must be built)."""
+    Ray must already be initialised by the caller (when the dataset must be built). ``timeout_s`` bounds each
+    wait on the demo actors (runtime.timeouts.demo_job_s): a hung simulator fails the generation with its
+    name, not a stall."""
     digest = dataset_hash(env_cfg, demo_cfg)
     dest = Path(out_dir).expanduser() if out_dir is not None else demo_dataset_path(env_cfg, demo_cfg)
     if _cached(dest, digest):
         log.info("demos: cached dataset %s", dest)
         return dest
     return build_once(dest, lambda p: _cached(p, digest),
-                      lambda: _generate(env_cfg, demo_cfg, dest, digest, progress), demo_cfg.lock_timeout_s)
+                      lambda: _generate(env_cfg, demo_cfg, dest, digest, progress, timeout_s), demo_cfg.lock_timeout_s)
 
 
-def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str, progress: bool) -> Path:
+def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str, progress: bool,
+              timeout_s: float) -> Path:
     """The build itself; runs under the cache entry's lock (build_once)."""
     import ray
     from tqdm import tqdm
+
+    from vlaforge.runtime import timeouts
 
     if dest.exists():
         raise FileExistsError(f"{dest} exists but holds another dataset (hash != {digest}); remove it or pick out_dir")
@@ -152,7 +158,8 @@ def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str,
         for w in range(n_workers):
             submit(w)
         while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready = timeouts.wait(list(running), timeout_s, f"demos: jobs of actors {sorted({v[0] for v in running.values()})}",
+                                  hint="a demo actor hangs; raise runtime.timeouts.demo_job_s if jobs are just slow")
             w, i, n = running.pop(ready[0])
             result = ray.get(ready[0])
             st = states[i]
@@ -168,7 +175,7 @@ def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str,
                     f"{demo_cfg.max_attempts_factor}); raise the factor or lower episodes_per_task"
                 )
             if writer is None:
-                writer = _make_writer(dest, ray.get(workers[w].spec.remote(st.name)), env_cfg, demo_cfg, digest)
+                writer = _make_writer(dest, timeouts.get(workers[w].spec.remote(st.name), timeout_s, f"demos: spec() of actor {w}"), env_cfg, demo_cfg, digest)
             submit(w)  # keep the actor busy while this process encodes and writes
             while next_to_write < len(states) and states[next_to_write].complete():  # task order
                 for ep in states[next_to_write].episodes:

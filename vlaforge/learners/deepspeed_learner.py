@@ -24,14 +24,17 @@ from tensordict import TensorDictBase
 
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.engine import (
+    StepGuard,
     backend,
     ds_config,
     local_world,
     lr_scheduler,
     micro_batch,
+    nan_inputs,
     optimizer_checksum,
     param_checksum,
     seed_everything,
+    set_lr_scale,
 )
 from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.learners.stream import ShardStream
@@ -45,10 +48,26 @@ def _model(x: Any, cls: type) -> Any:
     return x if isinstance(x, cls) else cls.model_validate(x)
 
 
+def init_distributed(train: TrainConfig, collective_timeout_s: float | None) -> None:
+    """deepspeed.init_distributed with the recipe's process-group timeout (runtime.timeouts.collective_s):
+    a collective whose peer hung raises after it instead of DeepSpeed's default 30 min."""
+    import datetime
+
+    import deepspeed
+
+    if dist.is_initialized():  # setup may run twice in one process (e.g. after a failed resume)
+        return
+    kw = {} if collective_timeout_s is None else {"timeout": datetime.timedelta(seconds=float(collective_timeout_s))}
+    deepspeed.init_distributed(dist_backend=backend(train), **kw)
+
+
 class LearnerActor:
     def __init__(self) -> None:
         self.engine: Any = None
         self.rank, self.world_size = local_world()
+        self.guard = StepGuard()  # NaN/Inf: skip the step on every rank, count it
+        self._nan_steps = 0  # chaos / tests: the next n optimizer steps of this rank get NaN inputs
+        self._kill_in: int | None = None  # chaos / tests: SIGKILL this rank's process before its n-th next step
 
     # -- setup ----------------------------------------------------------------------------------------
     def setup(
@@ -60,19 +79,21 @@ class LearnerActor:
         episodes: list[int] | None = None,
         init_policy: str | None = None,
         skip_bad_episodes: bool = False,
+        collective_timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """Collective. ``policy_spec`` defaults to the dataset's shapes; ``episodes`` selects a split;
         ``init_policy`` (an exported policy folder) gives the starting weights and processor (a stage
         that continues a previous one) instead of a fresh initialisation; ``skip_bad_episodes`` (the
-        recipe's data.skip_bad_episodes) drops episodes of unreadable files instead of failing.
+        recipe's data.skip_bad_episodes) drops episodes of unreadable files instead of failing;
+        ``collective_timeout_s`` is the process group's timeout (runtime.timeouts.collective_s; None:
+        DeepSpeed's default).
         Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec, bad_episodes}."""
         apply_process_env()
         self.train_cfg, self.policy_cfg = _model(train, TrainConfig), _model(policy, PolicyConfig)
         set_threads(self.train_cfg.threads_per_learner)
         import deepspeed  # after the env: DS_ACCELERATOR / TORCH_EXTENSIONS_DIR are read at import
 
-        if not dist.is_initialized():  # setup may run twice in one process (e.g. after a failed resume)
-            deepspeed.init_distributed(dist_backend=backend(self.train_cfg))
+        init_distributed(self.train_cfg, collective_timeout_s)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
         from vlaforge.data.dataset import ChunkDataset
@@ -133,23 +154,63 @@ class LearnerActor:
             inp = inp.apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
         return inp
 
-    def train_steps(self, n: int) -> dict[str, float]:
+    def kill_in_steps(self, n: int) -> int:
+        """Chaos / tests: this rank's process SIGKILLs itself right before its ``n``-th next optimizer step
+        (n >= 1): a real death in the middle of a training call, at a deterministic point. Returns n."""
+        self._kill_in = max(1, int(n))
+        return self._kill_in
+
+    def _maybe_die(self) -> None:
+        if self._kill_in is not None:
+            self._kill_in -= 1
+            if self._kill_in <= 0:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def _maybe_nan(self, inp: TensorDictBase) -> TensorDictBase:
+        self._maybe_die()
+        if self._nan_steps > 0:
+            self._nan_steps -= 1
+            return nan_inputs(inp)
+        return inp
+
+    def poison_steps(self, n: int) -> int:
+        """Chaos / tests: the next ``n`` optimizer steps of THIS rank see NaN inputs (a NaN batch). Returns n."""
+        self._nan_steps = int(n)
+        return self._nan_steps
+
+    def nonfinite_metrics(self, skipped: int) -> dict[str, float]:
+        return {"train/nonfinite_skips": float(skipped), "train/nonfinite_streak": float(self.guard.streak),
+                "train/nonfinite_total": float(self.guard.total)}
+
+    def train_steps(self, n: int, nonfinite_limit: int | None = None) -> dict[str, float]:
         """Collective: n optimizer steps over this rank's shard. Returns the metrics averaged over the
-        steps and over the ranks (identical on every rank): train/loss, train/lr, train/grad_norm,
-        train/samples_per_s, train/step, plus the objective's entries (train/loss_bc, train/nll, ...)."""
+        applied steps and over the ranks (identical on every rank): train/loss, train/lr, train/grad_norm,
+        train/samples_per_s, train/step, plus the objective's entries (train/loss_bc, train/nll, ...).
+
+        A step whose loss or gradient is NaN/Inf on any rank is skipped on every rank (``StepGuard``) and
+        counted: train/nonfinite_skips (this call), train/nonfinite_streak (in a row, at the end). The call
+        returns early once the streak reaches ``nonfinite_limit`` (the driver then rolls back)."""
         if self.engine is None:
             raise RuntimeError("LearnerActor.train_steps called before setup()")
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
+        applied = skipped = 0
         t0 = time.perf_counter()
         for _ in range(int(n)):
-            inp = self._prepare(self.stream.next())
+            inp = self._maybe_nan(self._prepare(self.stream.next()))
             out = self.engine(inp)  # ACTION_MEAN, ACTION_LOG_STD (B, K, A)
             losses = self.objective(inp.update(out))
             loss = total_loss(losses)
             lr = self.engine.get_lr()[0]  # the LR this step is taken with
-            self.engine.backward(loss)
-            self.engine.step()
+            if not self.guard.step(self.engine, loss):  # every rank agrees: same applied/skipped counts
+                skipped += 1
+                if nonfinite_limit is not None and self.guard.streak >= nonfinite_limit:
+                    break
+                continue
+            applied += 1
             sums["loss"] += float(loss.detach())
             sums["lr"] += float(lr)
             gn = self.engine.get_global_grad_norm()
@@ -158,17 +219,30 @@ class LearnerActor:
                 sums[k] += float(v.detach())
         elapsed = time.perf_counter() - t0
         names = sorted(sums)
-        vec = torch.tensor([sums[k] / max(1, n) for k in names], dtype=torch.float64)
+        vec = torch.tensor([sums[k] / max(1, applied) for k in names], dtype=torch.float64)
         t = torch.tensor([elapsed], dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(vec)
             vec /= self.world_size
             dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the step rate is set by the slowest rank
-        metrics = {f"train/{k}": float(v) for k, v in zip(names, vec.tolist())}
-        metrics["train/samples_per_s"] = n * self.train_cfg.batch_size / max(float(t), 1e-9)
+        metrics = {f"train/{k}": float(v) for k, v in zip(names, vec.tolist())}  # no loss entries if all were skipped
+        metrics["train/samples_per_s"] = applied * self.train_cfg.batch_size / max(float(t), 1e-9)
         metrics["train/step"] = float(self.global_step)
         metrics["train/epoch"] = float(self.stream.epoch)
+        metrics.update(self.nonfinite_metrics(skipped))
         return metrics
+
+    def rollback(self, path: str, lr_scale: float) -> int:
+        """Collective: back to checkpoint ``path`` after a run of non-finite steps, the LR schedule scaled to
+        ``lr_scale`` x train.lr from there on. Returns the checkpoint's global step."""
+        step = self.load_checkpoint(path)
+        self.set_lr_scale(lr_scale)
+        self.guard.streak, self._nan_steps = 0, 0
+        return step
+
+    def set_lr_scale(self, scale: float) -> float:
+        """Run the LR schedule at ``scale`` x train.lr (1.0: the recipe's). Returns the LR of the next step."""
+        return set_lr_scale(self.engine, self.train_cfg.lr, float(scale))
 
     # -- checks ---------------------------------------------------------------------------------------
     def param_checksum(self) -> str:

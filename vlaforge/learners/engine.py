@@ -1,4 +1,5 @@
-"""Plain DeepSpeed helpers: the config dict built from TrainConfig, the LR schedule, state checksums.
+"""Plain DeepSpeed helpers: the config dict built from TrainConfig, the LR schedule, state checksums, the
+NaN/Inf step guard.
 
 Learner code stays plain DeepSpeed (``deepspeed.initialize`` + ``engine.backward`` + ``engine.step``); the
 Ray / rank plumbing lives in vlaforge.runtime.worker_group.
@@ -12,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from vlaforge.learners.config import TrainConfig
@@ -115,3 +117,71 @@ def optimizer_checksum(optimizer: torch.optim.Optimizer) -> str:
 def local_world() -> tuple[int, int]:
     """(rank, world size) from the env vars the worker group sets (1 process: 0, 1)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# -- NaN/Inf guard ----------------------------------------------------------------------------------------
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` holds on ANY rank: one MAX all-reduce of a 1-element tensor, so every rank decides the
+    same (a rank that skipped a step its peers took would leave the replicas apart, or hang a collective)."""
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _grads_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for p in module.parameters() if p.grad is not None)
+
+
+class StepGuard:
+    """One optimizer step unless the loss or the gradient is NaN/Inf on any rank; counts the skips.
+
+    - loss: checked (all ranks agreeing) BEFORE ``engine.backward``: a skipped step touches nothing, not even
+      DeepSpeed's step counter or LR schedule.
+    - gradient (finite loss, non-finite gradient): ZeRO 1/2 compute the global gradient norm inside
+      ``engine.step`` (all-reduced: every rank sees the same) and, when it is not finite, clear the gradients
+      and leave parameters, optimizer state and LR schedule alone (``engine.was_step_applied()`` is False;
+      DeepSpeed still counts the step in ``global_steps``, as for its fp16 overflow skips). ZeRO 0 has no such
+      check: the all-reduced ``p.grad`` are checked here and cleared. (ZeRO 3: the loss check only.)
+    """
+
+    def __init__(self) -> None:
+        self.total = 0  # skipped steps over this rank's life (a rollback does not reset it)
+        self.streak = 0  # skipped steps in a row (reset by an applied step or a rollback)
+
+    def step(self, engine: Any, loss: torch.Tensor) -> bool:
+        """backward + step; False (and counted) if the step was skipped."""
+        if any_rank(not bool(torch.isfinite(loss.detach()).all())):
+            return self._skipped()
+        engine.backward(loss)
+        if engine.zero_optimization_stage() == 0 and any_rank(not _grads_finite(engine.module)):
+            engine.zero_grad()
+            return self._skipped()
+        engine.step()
+        if not engine.was_step_applied():
+            return self._skipped()
+        self.streak = 0
+        return True
+
+    def _skipped(self) -> bool:
+        self.total += 1
+        self.streak += 1
+        return False
+
+
+def nan_inputs(inp: Any) -> Any:
+    """Every floating tensor of a prepared batch set to NaN: chaos mode's (and the tests') "NaN batch"."""
+    return inp.apply(lambda t: torch.full_like(t, float("nan")) if t.is_floating_point() else t)
+
+
+def set_lr_scale(engine: Any, base_lr: float, scale: float) -> float:
+    """Make the LR schedule run at ``scale`` x ``base_lr`` from the current step on (a rollback after non-finite
+    steps). Sets the LambdaLR's base LRs (checkpointed with the scheduler, so later checkpoints keep it) and
+    the optimizer's current LR. Returns the LR the next step takes."""
+    sched = engine.lr_scheduler
+    sched.base_lrs = [base_lr * scale for _ in sched.base_lrs]
+    lrs = [b * fn(sched.last_epoch) for b, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = list(lrs)
+    return lrs[0]

@@ -27,8 +27,8 @@ from tensordict import TensorDictBase
 
 from vlaforge import keys
 from vlaforge.learners.config import TrainConfig
-from vlaforge.learners.deepspeed_learner import LearnerActor, _model
-from vlaforge.learners.engine import backend, ds_config, lr_scheduler, seed_everything
+from vlaforge.learners.deepspeed_learner import LearnerActor, _model, init_distributed
+from vlaforge.learners.engine import ds_config, lr_scheduler, seed_everything
 from vlaforge.learners.ppo import RLContext
 from vlaforge.learners.registry import OBJECTIVES, build_objective, total_loss
 from vlaforge.runtime import checkpoint as ckpt
@@ -60,9 +60,11 @@ def load_rl_policy(policy_dir: str, value_head: bool, seed: int) -> tuple[torch.
 
 class RLLearnerActor(LearnerActor):
     # -- setup ----------------------------------------------------------------------------------------
-    def setup_rl(self, train: TrainConfig | dict, policy_dir: str, start_version: int = 0) -> dict[str, Any]:
+    def setup_rl(self, train: TrainConfig | dict, policy_dir: str, start_version: int = 0,
+                 collective_timeout_s: float | None = None) -> dict[str, Any]:
         """Collective. ``train.objective`` in {"ppo", "grpo", "rloo"} (hyper-parameters: train.ppo / train.grpo).
-        ``start_version``: the version before the first publish (publishes are start_version + 1, + 2, ...).
+        ``start_version``: the version before the first publish (publishes are start_version + 1, + 2, ...);
+        ``collective_timeout_s``: the process group's timeout (runtime.timeouts.collective_s).
         Returns {rank, world_size, num_params, num_trainable, value_head, objective, spec}."""
         apply_process_env()
         self.train_cfg = _model(train, TrainConfig)
@@ -75,8 +77,7 @@ class RLLearnerActor(LearnerActor):
         import deepspeed
         import torchrl.objectives.value.functional  # noqa: F401 -- ~1.8 s once, here rather than in the first update
 
-        if not dist.is_initialized():
-            deepspeed.init_distributed(dist_backend=backend(self.train_cfg))
+        init_distributed(self.train_cfg, collective_timeout_s)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         name = self.train_cfg.objective
         factory = OBJECTIVES.get(name)
@@ -147,7 +148,9 @@ class RLLearnerActor(LearnerActor):
     # -- one RL update ----------------------------------------------------------------------------------
     def train_rl(self, batch: TensorDictBase) -> dict[str, float]:
         """Collective: one update on the rollout batch [B, T] (every rank gets the same batch and takes its
-        share). Returns train/* metrics, identical on every rank; train/skipped = 1 if no rank had data."""
+        share). Returns train/* metrics, identical on every rank; train/skipped = 1 if no rank had data.
+        A minibatch step whose loss or gradient is NaN/Inf on any rank is skipped on every rank and counted
+        (train/nonfinite_skips, train/nonfinite_streak), as in ``train_steps``."""
         if self.engine is None or not hasattr(self, "rl_update"):
             raise RuntimeError("RLLearnerActor.train_rl called before setup_rl()")
         if not isinstance(batch, TensorDictBase):
@@ -174,19 +177,20 @@ class RLLearnerActor(LearnerActor):
         mbs = min(cfg.num_minibatches, n_min)  # the same number of optimizer steps on every rank
         gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + self.rl_update * 7919 + self.rank)
         sums: dict[str, float] = defaultdict(float)
-        steps = epochs = 0
+        steps = epochs = skipped = 0
         for _ in range(cfg.epochs):
-            epoch_kl = 0.0
+            epoch_kl, epoch_steps = 0.0, 0
             for idx in torch.tensor_split(torch.randperm(n, generator=gen), mbs):
                 mb = samples[idx]
-                inp = self._inputs(mb, cfg.augment)
+                inp = self._maybe_nan(self._inputs(mb, cfg.augment))
                 inp.update(mb.exclude(keys.OBS).to(self.engine.device))
                 out = self.engine(inp)  # ACTION_MEAN, ACTION_LOG_STD (b, K, A) [+ VALUE (b, 1)]
                 losses = obj(inp.update(out))
                 loss = total_loss(losses)
                 lr = self.engine.get_lr()[0]
-                self.engine.backward(loss)
-                self.engine.step()
+                if not self.guard.step(self.engine, loss):  # every rank agrees: same step counts everywhere
+                    skipped += 1
+                    continue
                 gn = self.engine.get_global_grad_norm()
                 sums["loss"] += float(loss.detach())
                 sums["lr"] += float(lr)
@@ -195,17 +199,19 @@ class RLLearnerActor(LearnerActor):
                     sums[k] += float(v.detach())
                 epoch_kl += float(losses["approx_kl"])
                 steps += 1
+                epoch_steps += 1
             epochs += 1
-            if cfg.target_kl is not None:  # all ranks see the same mean: they stop together
-                mean_kl = float(self._all_sum(torch.tensor([epoch_kl / mbs], dtype=torch.float64))) / self.world_size
+            if cfg.target_kl is not None and epoch_steps:  # all ranks see the same mean: they stop together
+                mean_kl = float(self._all_sum(torch.tensor([epoch_kl / epoch_steps], dtype=torch.float64))) / self.world_size
                 if mean_kl > cfg.target_kl:
                     break
         self.rl_update += 1
         elapsed = time.perf_counter() - t0
         t = self._extreme(elapsed, "MAX")
         total = float(self._all_sum(torch.tensor([n * epochs], dtype=torch.float64)))
-        metrics = {f"train/{k}": v for k, v in self._reduce_mean(sums, steps).items()}
+        metrics = {f"train/{k}": v for k, v in self._reduce_mean(sums, steps).items()}  # no loss entries if all skipped
         metrics.update(base)
+        metrics.update(self.nonfinite_metrics(skipped))
         metrics.update({"train/skipped": 0.0, "train/epochs": float(epochs), "train/optimizer_steps": float(steps),
                         "train/samples": total, "train/samples_per_s": total / max(float(t), 1e-9),
                         "train/prepare_s": t_prep, "train/update_s": float(t), "train/step": float(self.global_step)})
@@ -258,6 +264,14 @@ class RLLearnerActor(LearnerActor):
         self.rl_update, self.version = int(rl["update"]), int(rl["version"])
         self.objective.load_state_dict_rl(rl["objective"])
         self._publisher, self._published_update = None, -1  # the next publish sends the restored weights as v + 1
+        return step
+
+    def rollback(self, path: str, lr_scale: float) -> int:
+        """As LearnerActor.rollback; the weights version stays monotonic (the checkpoint's is older than what
+        the actors hold, and they load only newer versions): the next publish is a new, higher version."""
+        version = self.version
+        step = super().rollback(path, lr_scale)
+        self.version = max(self.version, version)
         return step
 
     def state_checksums(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from vlaforge.envs.config import EnvConfig
 from vlaforge.learners.config import TrainConfig
 from vlaforge.policies.config import PolicyConfig
 from vlaforge.policies.reward_config import RewardModelConfig
+from vlaforge.runtime.config import ChaosConfig, RuntimeConfig
 
 
 class RayConfig(StrictModel):
@@ -65,6 +66,8 @@ class Recipe(StrictModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # timeouts, stage restarts, NaN/Inf handling
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)  # fault injection during a real run (off by default)
     # The stages run in order, each in <run>/<name>/, each starting from the previous one's policy.
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
 

@@ -95,7 +95,7 @@ def make_demos(recipe: Recipe) -> Path:
     from vlaforge.data.demos import generate_demos
 
     _init_ray(recipe)
-    return Path(generate_demos(recipe.envs, recipe.demos)).resolve()
+    return Path(generate_demos(recipe.envs, recipe.demos, timeout_s=recipe.runtime.timeouts.demo_job_s)).resolve()
 
 
 def _resolve_init(stage, previous: Path | None) -> Path | None:
@@ -111,7 +111,9 @@ def _resolve_init(stage, previous: Path | None) -> Path | None:
 
 def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> dict:
     """Run the recipe's stages in order (default: one BC stage), evaluating before and after each."""
+    from vlaforge.platform.chaos import Chaos
     from vlaforge.platform.metrics import MetricsLogger
+    from vlaforge.platform.recovery import run_with_restarts
     from vlaforge.platform.stages import STAGES, StageContext, stage_fingerprint
 
     run_dir = prepare_run_dir(recipe, run_dir, resume)
@@ -122,6 +124,9 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
         _init_ray(recipe)
     metrics = MetricsLogger(run_dir, recipe, resume=resume)
     ctx = StageContext(recipe=recipe, run_dir=run_dir, metrics=metrics, timers=timers, resume=resume)
+    if recipe.chaos.enabled:
+        ctx.chaos = Chaos(recipe.chaos, ctx.faults)
+        log.warning("chaos mode: faults will be injected into this run (recipe chaos block)")
     policy_dir: Path | None = None
     results: dict[str, dict] = {}
     try:
@@ -143,14 +148,14 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             if init is not None and stage.eval_start and srecipe.eval.enabled:
                 with timers.phase("eval"):
                     record["eval_start"] = _evaluate(init, srecipe, stage_dir / "eval-start", metrics, ctx.step,
-                                                     prefix=f"eval/{stage.name}_start")
+                                                     prefix=f"eval/{stage.name}_start", faults=(ctx.faults, stage.name))
             log.info("stage %s (%s) starts%s", stage.name, stage.kind, f" from {init}" if init else " from scratch")
-            policy_dir = STAGES[stage.kind](ctx, stage, srecipe, stage_dir, init)
+            policy_dir = run_with_restarts(ctx, stage, STAGES[stage.kind], srecipe, stage_dir, init)
             _write_run_card(policy_dir, srecipe)
             if stage.eval_end and srecipe.eval.enabled:
                 with timers.phase("eval"):
                     record["eval_end"] = _evaluate(policy_dir, srecipe, stage_dir / "eval", metrics, ctx.step,
-                                                   prefix=f"eval/{stage.name}")
+                                                   prefix=f"eval/{stage.name}", faults=(ctx.faults, stage.name))
             record.update(policy_dir=str(policy_dir), end_step=ctx.step)
             results[stage.name] = record
             tmp = stage_dir / "stage.json.tmp"
@@ -158,8 +163,11 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
                                       {k: _eval_brief(v) for k, v in record.items() if k.startswith("eval")}, indent=2))
             tmp.replace(done_file)
         metrics.log(dict(timers.totals), step=ctx.step)
-        return _summary(run_dir, policy_dir, results, timers)
+        return _summary(run_dir, policy_dir, results, timers, ctx.faults)
     finally:
+        if ctx.chaos is not None:
+            ctx.chaos.close()
+        ctx.faults.write(run_dir)  # also when the run stops: what went wrong and what was done about it
         metrics.close()
 
 
@@ -178,12 +186,17 @@ def _write_run_card(policy_dir: Path, recipe: Recipe) -> None:
     tmp.replace(policy_dir / "run_card.json")
 
 
-def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: int, prefix: str = "eval") -> dict:
+def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: int, prefix: str = "eval",
+              faults=None) -> dict:
     from vlaforge.envs import resolve_tasks
     from vlaforge.platform.evaluation import eval_metrics, format_table, run_evaluation
 
     tasks = resolve_tasks(recipe.envs.tasks)
-    result = run_evaluation(policy_dir, recipe.envs, recipe.eval, out_dir, tasks)
+    result = run_evaluation(policy_dir, recipe.envs, recipe.eval, out_dir, tasks, timeouts_cfg=recipe.runtime.timeouts,
+                            max_restarts=recipe.runtime.max_eval_restarts)
+    if faults is not None:  # (FaultLog, stage name)
+        for e in result.get("faults", []):
+            faults[0].handle(faults[1], None, f"{e['fault']} (actor {e['rank']})", e["handled"], e["detail"])
     print(format_table(result))
     if metrics is not None:
         metrics.log(eval_metrics(result, prefix), step=step)
@@ -193,7 +206,7 @@ def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: in
     return result
 
 
-def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: Timers) -> dict:
+def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: Timers, faults=None) -> dict:
     lines = ["", "=" * 72, f"run:         {run_dir.resolve()}", f"checkpoint:  {policy_dir.resolve()}"]
     for name, rec in results.items():
         for key, label in (("eval_start", "start"), ("eval_end", "end")):
@@ -205,12 +218,16 @@ def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: 
             lines.append(f"{'':13}{(run_dir / name / 'eval' / 'eval.json').resolve()}")
             lines.append(f"{'':13}videos: {(run_dir / name / 'eval' / 'videos').resolve()}")
     lines.append("time:        " + ", ".join(f"{k[5:-2]} {v:.0f}s" for k, v in timers.totals.items()))
+    if faults is not None and (faults.injected or faults.handled):
+        lines.extend(faults.lines())
+    elif faults is not None:
+        lines.append("faults:      none")
     lines.append("=" * 72)
     print("\n".join(lines))
     out = {"run_dir": str(run_dir), "policy_dir": str(policy_dir),
            "stages": {n: {k: (_eval_brief(v) if k.startswith("eval") else v) for k, v in r.items()}
                       for n, r in results.items()},
-           **timers.totals}
+           **timers.totals, "faults": faults.to_dict() if faults is not None else {"injected": [], "handled": []}}
     (run_dir / "summary.json").write_text(json.dumps(out, indent=2))
     return out
 

@@ -9,6 +9,7 @@ Ray evaluation actors and stream back as they finish; per-task success gets a Wi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,14 @@ from statistics import NormalDist
 
 from vlaforge.actors.config import EvalConfig
 from vlaforge.envs.config import EnvConfig
+from vlaforge.runtime import timeouts
+from vlaforge.runtime.config import TimeoutsConfig
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot finish: actors kept dying or hanging past runtime.max_eval_restarts, or one raised."""
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -88,29 +97,102 @@ def write_video(frames, path: Path, fps: int, success: bool | None = None) -> No
 
 
 def run_evaluation(
-    policy_dir: Path, env_cfg: EnvConfig, cfg: EvalConfig, out_dir: Path, tasks: list[str], progress: bool = True
+    policy_dir: Path, env_cfg: EnvConfig, cfg: EvalConfig, out_dir: Path, tasks: list[str], progress: bool = True,
+    timeouts_cfg: TimeoutsConfig | None = None, max_restarts: int = 3, worker_cls: type | None = None,
 ) -> dict:
-    """Evaluate the exported policy in ``policy_dir``; writes ``out_dir/eval.json`` and videos."""
+    """Evaluate the exported policy in ``policy_dir``; writes ``out_dir/eval.json`` and videos.
+
+    Every wave is bounded (``timeouts_cfg.eval_wave_s``, plus ``actor_start_s`` for a new actor's first wave):
+    an actor that dies or overruns is killed and replaced and its wave re-run on the same seeds (the same
+    fixed initial states, so the result is unchanged), at most ``max_restarts`` times per evaluation.
+    ``worker_cls``: the actor class (default ``EvalWorker``; tests pass a subclass that misbehaves)."""
     import ray
-    from ray.util import ActorPool
+    from ray.exceptions import RayActorError, RayTaskError
     from tqdm import tqdm
 
     from vlaforge.actors.evaluator import EvalWorker
 
+    t_cfg = timeouts_cfg or TimeoutsConfig()
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     env_cfg = env_cfg.model_copy(update={"instructions": cfg.instructions})
     waves = episode_plan(tasks, cfg)
-    worker_cls = ray.remote(num_cpus=1)(EvalWorker)
+    worker_cls = ray.remote(num_cpus=1)(worker_cls or EvalWorker)
     n_workers = min(cfg.num_workers, len(waves))
-    workers = [worker_cls.remote(str(policy_dir), env_cfg.model_dump(mode="json")) for _ in range(n_workers)]
-    pool = ActorPool(workers)
+
+    starting: dict = {}  # readiness ref of a new actor -> its index: until it resolves, the actor is loading
+
+    def spawn(w: int):
+        actor = worker_cls.remote(str(policy_dir), env_cfg.model_dump(mode="json"))
+        starting[actor.__ray_ready__.remote()] = w
+        return actor
+
+    workers = [spawn(w) for w in range(n_workers)]
+    # a new actor's first wave may also wait for it to load the policy and build its envs (actor_start_s);
+    # once the actor is up, that wave's clock restarts with eval_wave_s alone
+    fresh = [True] * n_workers
+    todo = list(range(len(waves)))[::-1]  # a stack: pop() takes the next wave; a failed wave goes back on top
+    running: dict = {}  # ref -> (worker index, wave index)
+    due = timeouts.Deadlines()
+    faults: list[dict] = []
     episodes: list[dict] = []
     videos: list[str] = []
     t0 = time.perf_counter()
     bar = tqdm(total=sum(len(w[1]) for w in waves), desc="eval episodes", unit="ep", disable=not progress)
+
+    def submit(w: int) -> None:
+        i = todo.pop()
+        ref = workers[w].run_wave.remote(*waves[i])
+        running[ref] = (w, i)
+        due.start(ref, t_cfg.eval_wave_s + (t_cfg.actor_start_s if fresh[w] else 0.0))
+        fresh[w] = False
+
+    def replace(w: int, i: int, what: str) -> None:
+        if len(faults) >= max_restarts:
+            raise EvaluationError(f"evaluation actor {w} {what} on wave {waves[i][0]} seeds {waves[i][1]}; that is "
+                                  f"{len(faults) + 1} failures, runtime.max_eval_restarts={max_restarts}: stopping")
+        log.warning("eval: actor %d %s on %s seeds %s; replacing it and re-running the wave", w, what, *waves[i][:2])
+        ray.kill(workers[w], no_restart=True)
+        for ref in [r for r, x in starting.items() if x == w]:  # the old actor's readiness no longer counts
+            del starting[ref]
+        workers[w], fresh[w] = spawn(w), True
+        todo.append(i)  # the same seeds again: the same initial states
+        faults.append({"fault": f"evaluation actor {what}", "rank": w, "detail": f"wave {waves[i][0]} seeds {waves[i][1]}",
+                       "handled": "killed and replaced; the wave re-run on the same seeds"})
+
     try:
-        for results in pool.map_unordered(lambda a, w: a.run_wave.remote(*w), waves):
+        for w in range(n_workers):
+            if todo:
+                submit(w)
+        while running:
+            due.keep(running)
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=due.left())
+            if ready and ready[0] in starting:  # an actor is up: its first wave now has eval_wave_s
+                w = starting.pop(ready[0])
+                for ref, (rw, _) in running.items():
+                    if rw == w:
+                        due.start(ref, t_cfg.eval_wave_s)
+                continue
+            if not ready:
+                for ref in due.overdue():
+                    w, i = running.pop(ref)
+                    due.stop(ref)
+                    replace(w, i, f"hung (no result within runtime.timeouts.eval_wave_s={t_cfg.eval_wave_s:g} s)")
+                    submit(w)
+                continue
+            ref = ready[0]
+            w, i = running.pop(ref)
+            due.stop(ref)
+            try:
+                results = ray.get(ref)
+            except RayActorError:
+                replace(w, i, "died")
+                submit(w)
+                continue
+            except RayTaskError as e:
+                raise EvaluationError(f"evaluation actor {w} raised on wave {waves[i][0]} seeds {waves[i][1]}: {e}") from e
+            if todo:
+                submit(w)  # keep the actor busy while this process encodes videos
             for r in results:
                 if r.frames is not None:
                     path = out_dir / "videos" / f"{r.task}_seed{r.seed}_{'success' if r.success else 'fail'}.mp4"
@@ -120,8 +202,8 @@ def run_evaluation(
                 bar.update(1)
     finally:
         bar.close()
-        for w in workers:
-            ray.kill(w)
+        for wk in workers:
+            ray.kill(wk, no_restart=True)
     steps = sum(e["length"] for e in episodes)
     elapsed = time.perf_counter() - t0
     result = summarize(episodes, tasks, cfg.confidence)
@@ -133,6 +215,7 @@ def run_evaluation(
         env_steps_per_s=steps / max(elapsed, 1e-9),
         wall_s=elapsed,
         videos=sorted(videos),
+        faults=faults,
         episodes=sorted(episodes, key=lambda e: (e["task"], e["seed"])),
     )
     tmp = out_dir / "eval.json.tmp"

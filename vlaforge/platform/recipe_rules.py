@@ -141,6 +141,25 @@ def broadcast_is_wired(v: View, ctx: Context):
                f"group); use 'object_store'")
 
 
+@rule
+def chaos_schedule_fits_stages(v: View, ctx: Context):
+    """chaos.schedule entries name a stage of the recipe whose kind the fault can hit (rollout faults need
+    rollout actors; learner / checkpoint / NaN faults need DeepSpeed learners). Checked once, on stage 0."""
+    if v.index != 0 or not v.recipe.chaos.enabled:
+        return
+    kinds = {w.stage.name: w.kind for w in ctx.views}
+    for i, ev in enumerate(v.recipe.chaos.schedule):
+        rollout = ev.fault in ("kill_rollout_actor", "stop_rollout_actor")
+        fits = [n for n, k in kinds.items()
+                if (any("rollout" in p for p in k.phases) if rollout else bool(k.objectives))]
+        if ev.stage is not None and ev.stage not in kinds:
+            yield (("chaos", "schedule", str(i), "stage"), ev.stage, f"a stage name of this recipe: {sorted(kinds)}")
+        elif (ev.stage is not None and ev.stage not in fits) or not fits:
+            yield (("chaos", "schedule", str(i), "fault"), ev.fault,
+                   f"a fault that stage {ev.stage or '(any)'} can meet: {ev.fault} needs "
+                   f"{'rollout actors' if rollout else 'DeepSpeed learners'} (stages that have them: {fits or 'none'})")
+
+
 def _task_count(r: Recipe) -> int | None:
     """Tasks after benchmark expansion, counted without importing Meta-World (MT10 -> 10); None if unknown."""
     if r.envs.backend != "metaworld":

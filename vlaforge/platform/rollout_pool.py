@@ -13,9 +13,10 @@ driver                               WorkerGroup (placement group, bundle k = ac
   A call collects the first K results as they arrive (a fast actor may contribute several: nobody waits
   for a straggler), resubmitting each actor at once with the newest handle; a result whose lag (newest
   version - its version) exceeds ``max_policy_lag`` is dropped and counted when it arrives.
-- faults: an actor that dies (segfault, os.kill, ray.kill, OOM) or whose env kept failing
-  (``RolloutEnvError``) is replaced in its bundle (``WorkerGroup.restart``) with a new seed stream; the
-  handle travels with every request, so its first sample loads the newest weights. Its lost request
+- faults: an actor that dies (segfault, os.kill, ray.kill, OOM), hangs (a request overruns
+  ``runtime.timeouts.rollout_sample_s``: a stopped process, a wedged simulator; it is killed first) or whose
+  env kept failing (``RolloutEnvError``) is replaced in its bundle (``WorkerGroup.restart``) with a new seed
+  stream; the handle travels with every request, so its first sample loads the newest weights. Its lost request
   counts as dropped: B x T trajectory steps (an upper bound: the partial trajectory died with the
   process). Other exceptions are bugs and raise at once. More than ``max_restarts`` restarts over the
   pool's life raise ``RolloutPoolError``.
@@ -52,6 +53,8 @@ from vlaforge.actors.config import RolloutConfig
 from vlaforge.actors.rollout import PolicySource, RolloutEnvError, RolloutWorker
 from vlaforge.actors.trajectory import EpisodeStats, RolloutResult
 from vlaforge.envs.config import EnvConfig
+from vlaforge.runtime import timeouts
+from vlaforge.runtime.config import TimeoutsConfig
 from vlaforge.runtime.weights import CollectiveBroadcaster, WeightsHandle, WeightSubscriber
 from vlaforge.runtime.worker_group import WorkerGroup
 
@@ -77,9 +80,13 @@ class RolloutBatch:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class ActorHung(RuntimeError):
+    """A rollout request overran its deadline: the actor is alive but not answering (stopped, wedged)."""
+
+
 def _restartable(err: BaseException) -> bool:
-    """Actor death, or an env that kept failing: replace the actor. Anything else is a bug to surface."""
-    return isinstance(err, RayActorError) or isinstance(_cause(err), RolloutEnvError)
+    """Actor death or hang, or an env that kept failing: replace the actor. Anything else is a bug to surface."""
+    return isinstance(err, (RayActorError, ActorHung)) or isinstance(_cause(err), RolloutEnvError)
 
 
 def _cause(err: BaseException) -> BaseException:
@@ -98,29 +105,39 @@ class RolloutPool:
         seed: int = 0,
         worker_cls: type = RolloutWorker,
         name: str = "rollout",
+        timeouts_cfg: TimeoutsConfig | None = None,
     ):
         self.cfg = cfg if cfg.seed is not None else cfg.model_copy(update={"seed": seed})
+        self.timeouts = timeouts_cfg or TimeoutsConfig()
         self.num_actors, self.envs_per_actor = cfg.num_actors, cfg.envs_per_actor
         init_kwargs = dict(
             env_cfg=env_cfg.model_dump(mode="json"),
             policy=policy,
             cfg=self.cfg.model_dump(mode="json"),
             tasks=list(tasks or env_cfg.tasks),
-            weights=WeightSubscriber(),  # collective: replaced by join_weight_group()
+            weights=WeightSubscriber(timeout_s=self.timeouts.weights_s),  # collective: replaced by join_weight_group()
         )
         self.group = WorkerGroup(
             worker_cls, cfg.num_actors, cpus_per_worker=cfg.cpus_per_actor, name=f"{name}-{next(_POOL_IDS)}",
-            init_kwargs=init_kwargs,
+            init_kwargs=init_kwargs, timeout_s=self.timeouts.actor_start_s + self.timeouts.rollout_sample_s,
         )
         self._incarnation = [0] * cfg.num_actors
+        # A replacement's first request may also wait for it to build env + policy (actor_start_s); once its
+        # readiness ref (``__ray_ready__``) resolves, the request's clock restarts with rollout_sample_s alone.
+        self._fresh = [True] * cfg.num_actors
+        self._starting: dict[ray.ObjectRef, int] = {}  # readiness ref of a replacement -> rank
+        self._due = timeouts.Deadlines()  # request -> deadline
+        self.events: list[dict[str, Any]] = []  # one entry per actor failure and how it was handled (run summary)
         self._inflight: dict[ray.ObjectRef, int] = {}  # async: request -> rank
+        self._resubmit: list[int] = []  # actors just replaced after a hang, whose request must be re-run
         self._collected = 0  # async: results accepted so far in the current call
         self._latest_version = 0
-        self.counters = {"actor_restarts": 0, "dropped_steps": 0, "dropped_env_steps": 0, "env_restarts": 0,
+        self.counters = {"actor_restarts": 0, "actor_hangs": 0, "dropped_steps": 0, "dropped_env_steps": 0, "env_restarts": 0,
                          "dropped_stale_steps": 0, "stale_results": 0}
         self._needs_weight_group = cfg.broadcast == "collective"
         try:  # wait until every actor built its env and policy: a bad recipe fails here, clearly
-            self.group.call("info")
+            self.group.call("info", timeout=self.timeouts.actor_start_s)
+            self._fresh = [False] * cfg.num_actors
         except Exception as e:
             self.group.shutdown()
             raise RolloutPoolError(f"rollout actors failed to start: {e}") from e
@@ -165,19 +182,56 @@ class RolloutPool:
         return self._batch(results, rollout_s, interval_s if self.cfg.mode == "async" else rollout_s)
 
     def _submit(self, rank: int, handle: WeightsHandle | None) -> ray.ObjectRef:
-        return self.group.actors[rank].sample.remote(handle)
+        ref = self.group.actors[rank].sample.remote(handle)
+        t = self.timeouts
+        self._due.start(ref, t.rollout_sample_s + (t.actor_start_s if self._fresh[rank] else 0.0))
+        self._fresh[rank] = False
+        return ref
+
+    def _next_ready(self, pending: dict[ray.ObjectRef, int]) -> ray.ObjectRef | None:
+        """The next finished request, or None after replacing every actor whose request overran its deadline
+        (each such request is removed from ``pending``; the caller resubmits from ``self._resubmit``)."""
+        self._due.keep(pending)
+        while True:
+            ready, _ = ray.wait(list(pending) + list(self._starting), num_returns=1, timeout=self._due.left())
+            if not ready or ready[0] not in self._starting:
+                break
+            rank = self._starting.pop(ready[0])  # a replacement is up: its request now has rollout_sample_s
+            for ref, r in pending.items():
+                if r == rank:
+                    self._due.start(ref, self.timeouts.rollout_sample_s)
+        if ready:
+            self._due.stop(ready[0])
+            return ready[0]
+        self._resubmit = []
+        for ref in self._due.overdue():
+            if ref not in pending:
+                continue
+            rank = pending.pop(ref)
+            self._due.stop(ref)
+            self.counters["actor_hangs"] += 1
+            self._on_failure(rank, ActorHung(
+                f"rollout actor {rank}: sample() did not finish within its deadline (runtime.timeouts.rollout_sample_s="
+                f"{self.timeouts.rollout_sample_s:g} s); alive but not answering: killed"))
+            self._resubmit.append(rank)
+        return None
 
     def _sample_sync(self, handle: WeightsHandle | None) -> list[RolloutResult]:
         pending = {self._submit(r, handle): r for r in range(self.num_actors)}
         results: list[RolloutResult | None] = [None] * self.num_actors
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ref = self._next_ready(pending)
+            if ref is None:  # hung actors were replaced: re-run their requests with the same handle
+                for rank in self._resubmit:
+                    pending[self._submit(rank, handle)] = rank
+                continue
             rank = pending.pop(ref)
             try:
                 results[rank] = self._take(ray.get(ref))
             except (RayActorError, RayTaskError) as e:
                 self._on_failure(rank, e)
                 pending[self._submit(rank, handle)] = rank  # same handle: the batch stays one version
+        self._due.clear()
         return results  # type: ignore[return-value]
 
     def _sample_async(self) -> list[RolloutResult]:
@@ -188,7 +242,11 @@ class RolloutPool:
         results: list[RolloutResult] = []
         self._collected = 0
         while len(results) < self.num_actors:
-            [ref], _ = ray.wait(list(self._inflight), num_returns=1)
+            ref = self._next_ready(self._inflight)
+            if ref is None:
+                for rank in self._resubmit:
+                    self._inflight[self._submit(rank, self._latest)] = rank
+                continue
             rank = self._inflight.pop(ref)
             try:
                 res = self._take(ray.get(ref))
@@ -232,9 +290,19 @@ class RolloutPool:
                 f"rollout actor {rank} failed ({type(cause).__name__}: {cause}); that is restart {n} of this run and "
                 f"rollout.max_restarts={budget}: stopping. Fix the cause above or raise rollout.max_restarts."
             ) from err
-        log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, cause, n, budget)
+        brief = (str(cause).strip().splitlines() or [""])[0]  # Ray's death notice: a dozen lines of generic causes
+        log.warning("rollout: actor %d failed (%s: %s); restarting it (%d/%d)", rank, type(cause).__name__, brief, n, budget)
         self._incarnation[rank] += 1
-        self.group.restart(rank, incarnation=self._incarnation[rank])
+        actor = self.group.restart(rank, incarnation=self._incarnation[rank])  # kills it first (a hung one too)
+        self._fresh[rank] = True
+        self._starting = {ref: r for ref, r in self._starting.items() if r != rank}
+        self._starting[actor.__ray_ready__.remote()] = rank
+        kind = {RolloutEnvError: "env kept failing", ActorHung: "hung"}.get(type(cause), "died")
+        self.events.append({
+            "fault": f"rollout actor {kind}", "rank": rank, "detail": f"{type(cause).__name__}: {brief}"[:300],
+            "time": time.time(),
+            "handled": f"killed and replaced (incarnation {self._incarnation[rank]}, restart {n}/{budget}); its request "
+                       f"re-run with weights v{self._latest_version}, which the new actor loads first"})
         if self.cfg.broadcast == "collective":
             # The replacement holds no weights and cannot join the old group (fixed world size): stop here.
             # This call's other requests (returned or still running) are abandoned: dropped, and counted.
@@ -279,7 +347,7 @@ class RolloutPool:
     # -- lifecycle --------------------------------------------------------------------------------------
     def info(self) -> list[dict[str, Any]]:
         """Per actor: rank, pid, incarnation, tasks, version held, env restarts (waits for busy actors)."""
-        return self.group.call("info")
+        return self.group.call("info", timeout=self.timeouts.rollout_sample_s)
 
     def shutdown(self) -> None:
         self._inflight.clear()

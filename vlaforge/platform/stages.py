@@ -14,6 +14,7 @@ from typing import Callable
 
 from vlaforge.errors import VlaforgeError
 from vlaforge.platform.config import Recipe, StageConfig
+from vlaforge.platform.recovery import FaultLog, NonFiniteWatch, load_latest
 
 log = logging.getLogger("vlaforge")
 
@@ -27,6 +28,28 @@ class StageContext:
     resume: bool
     step: int = 0  # global metric step across stages (wandb needs it monotonic)
     cache: dict = field(default_factory=dict)  # e.g. the demo dataset path, built once per run
+    faults: FaultLog = field(default_factory=FaultLog)  # every fault seen / injected, and how it was handled
+    chaos: object = None  # platform.chaos.Chaos when the recipe's chaos block is enabled
+    attempt: int = 0  # restarts of the current stage so far (> 0: load its latest checkpoint first)
+    stage_step: int | None = None  # progress of the current stage (step / update), for fault reports
+    rollbacks: dict = field(default_factory=dict)  # stage -> non-finite rollbacks done
+    lr_scale: dict = field(default_factory=dict)  # stage -> LR scale after its rollbacks
+
+
+def learner_group(ctx: StageContext, actor_cls: type, recipe: Recipe, stage: StageConfig, t):
+    """The stage's DeepSpeed ranks: bounded calls (runtime.timeouts.learner_call_s), liveness probes so a
+    failure names the rank that hung or died."""
+    from vlaforge.runtime.worker_group import WorkerGroup
+
+    to = recipe.runtime.timeouts
+    return WorkerGroup(actor_cls, t.num_learners, cpus_per_worker=t.cpus_per_learner, gpus_per_worker=t.gpus_per_learner,
+                       name=f"{stage.name}-learners", timeout_s=to.learner_call_s, probe_s=to.probe_s, probe=True)
+
+
+def chaos_tick(ctx: StageContext, stage: StageConfig, step: int, learners, stage_dir: Path, pool=None,
+               steps_in_call: int = 1) -> None:
+    if ctx.chaos is not None:
+        ctx.chaos.before_train(stage.name, step, learners, stage_dir, pool, steps_in_call)
 
 
 # (context, stage, the recipe as the stage sees it (its `set:` merged), stage folder, start policy) -> policy
@@ -112,18 +135,17 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from tqdm import tqdm
 
     from vlaforge.learners.deepspeed_learner import LearnerActor
-    from vlaforge.runtime import checkpoint as ckpt
     from vlaforge.platform.metrics import system_metrics
-    from vlaforge.runtime.worker_group import WorkerGroup
 
     t = recipe.train
     dataset = dataset_for(ctx, recipe)
-    learners = WorkerGroup(LearnerActor, t.num_learners, cpus_per_worker=t.cpus_per_learner,
-                           gpus_per_worker=t.gpus_per_learner, name=f"{stage.name}-learners")
+    learners = learner_group(ctx, LearnerActor, recipe, stage, t)
     try:
         with ctx.timers.phase("learner_setup"):
             info = learners.call("setup", t, recipe.policy, str(dataset), init_policy=str(init) if init else None,
-                                 skip_bad_episodes=recipe.data.skip_bad_episodes)[0]
+                                 skip_bad_episodes=recipe.data.skip_bad_episodes,
+                                 collective_timeout_s=recipe.runtime.timeouts.collective_s,
+                                 timeout=recipe.runtime.timeouts.learner_setup_s)[0]
         if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
             if info["bad_episodes"]:
                 log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
@@ -133,20 +155,28 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         log.info("%s: %d DeepSpeed ranks, %.2fM parameters, %d samples%s", stage.name, info["world_size"],
                  info["num_params"] / 1e6, info["num_samples"], f", from {init}" if init else "")
         step = 0
-        latest = ckpt.find_latest(stage_dir) if ctx.resume else None
+        latest = load_latest(ctx, stage, learners, stage_dir)
         if latest is not None:
-            step = learners.call("load_checkpoint", str(latest))[0]
+            step = int(learners.call("get_global_step")[0])
             log.info("resumed %s from %s at step %d", stage.name, latest, step)
         base = ctx.step  # metric steps of this stage follow the previous stages'
+        watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
         bar = tqdm(total=t.steps, initial=step, desc=f"{stage.name} (BC)", unit="step")
         while step < t.steps:
+            ctx.stage_step = step
             n = min(t.log_every, t.steps - step)
+            chaos_tick(ctx, stage, step, learners, stage_dir, steps_in_call=n)
             with ctx.timers.phase("learn"):
-                m = learners.call("train_steps", n)[0]
-            step = int(m["train/step"])
-            bar.update(n)
-            bar.set_postfix(loss=f"{m['train/loss']:.4f}")
+                m = learners.call("train_steps", n, nonfinite_limit=watch.limit)[0]
+            before, step = step, int(m["train/step"])  # skipped (non-finite) steps do not count
+            bar.update(step - before)
+            bar.set_postfix(loss=f"{m.get('train/loss', float('nan')):.4f}")
             ctx.metrics.log({**m, **system_metrics()}, step=base + step)
+            back = watch.check(m, step)
+            if back is not None:
+                bar.update(back - step)
+                step = back
+                continue
             save_if_due(ctx, learners, stage_dir, step, t)
         bar.close()
         ctx.step = base + step
@@ -174,10 +204,8 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from vlaforge.actors.rollout import PolicySource
     from vlaforge.envs import resolve_tasks
     from vlaforge.learners.rl_learner import RLLearnerActor
-    from vlaforge.runtime import checkpoint as ckpt
     from vlaforge.platform.metrics import system_metrics
     from vlaforge.platform.rollout_pool import RolloutPool
-    from vlaforge.runtime.worker_group import WorkerGroup
 
     if init is None:
         raise VlaforgeError(
@@ -185,16 +213,15 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             f"stages[].init to an exported policy / checkpoint / run folder"
         )
     t = _rl_train_config(recipe, stage)
-    learners = WorkerGroup(RLLearnerActor, t.num_learners, cpus_per_worker=t.cpus_per_learner,
-                           gpus_per_worker=t.gpus_per_learner, name=f"{stage.name}-learners")
+    learners = learner_group(ctx, RLLearnerActor, recipe, stage, t)
     pool = None
     try:
         with ctx.timers.phase("learner_setup"):
-            info = learners.call("setup_rl", t, str(init))[0]
+            info = learners.call("setup_rl", t, str(init), collective_timeout_s=recipe.runtime.timeouts.collective_s,
+                                 timeout=recipe.runtime.timeouts.learner_setup_s)[0]
             update = 0
-            latest = ckpt.find_latest(stage_dir) if ctx.resume else None
+            latest = load_latest(ctx, stage, learners, stage_dir)
             if latest is not None:
-                learners.call("load_checkpoint", str(latest))
                 update = int(learners.call("rl_status")[0]["update"])
                 log.info("resumed %s from %s at update %d", stage.name, latest, update)
             start_dir = stage_dir / "start-policy"  # the policy actors are built from (value head included)
@@ -204,16 +231,28 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                  info["world_size"], info["num_params"] / 1e6, "with" if info["value_head"] else "no")
         with ctx.timers.phase("rollout_setup"):
             pool = RolloutPool(recipe.envs, PolicySource.from_dir(start_dir), recipe.rollout,
-                               resolve_tasks(recipe.envs.tasks), seed=recipe.seed)
+                               resolve_tasks(recipe.envs.tasks), seed=recipe.seed, timeouts_cfg=recipe.runtime.timeouts)
         scorer = make_reward_hook(ctx, recipe)
         base = ctx.step
+        watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
         bar = tqdm(total=t.steps, initial=update, desc=f"{stage.name} ({t.objective})", unit="update")
         while update < t.steps:
+            ctx.stage_step = update
+            chaos_tick(ctx, stage, update, learners, stage_dir, pool)
             with ctx.timers.phase("rollout"):
                 batch = pool.sample(handle)
+            _drain_pool_events(ctx, stage, pool, update)
             reward_metrics = scorer(batch.data) if scorer is not None else {}
             with ctx.timers.phase("learn"):
                 m = learners.call("train_rl", ray.put(batch.data))[0]
+            back = watch.check(m, update + 1)
+            if back is not None:  # rolled back: continue from the checkpoint's update with its weights
+                update = int(learners.call("rl_status")[0]["update"])
+                bar.reset(total=t.steps)
+                bar.update(update)
+                with ctx.timers.phase("broadcast"):
+                    handle = learners.call("publish_weights")[0]
+                continue
             with ctx.timers.phase("broadcast"):
                 handle = learners.call("publish_weights")[0]
             update += 1
@@ -228,8 +267,16 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         return final_policy(stage, stage_dir)
     finally:
         if pool is not None:
+            _drain_pool_events(ctx, stage, pool, ctx.stage_step)
             pool.shutdown()
         learners.shutdown()
+
+
+def _drain_pool_events(ctx: StageContext, stage: StageConfig, pool, step) -> None:
+    """Rollout actor failures the pool handled (died, hung, env kept failing) into the run's fault log."""
+    for e in pool.events:
+        ctx.faults.handle(stage.name, step, f"{e['fault']} (actor {e['rank']})", e["handled"], e["detail"])
+    pool.events.clear()
 
 
 _RL = dict(needs_policy=True, phases=(("learners", "rollout"),), reward_model="uses")
@@ -294,9 +341,11 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
         from vlaforge.platform.rollout_pool import RolloutPool
 
         with ctx.timers.phase("rollout"), RolloutPool(recipe.envs, PolicySource.from_dir(init), recipe.rollout,
-                                                      resolve_tasks(recipe.envs.tasks), seed=recipe.seed + 7) as pool:
-            for _ in tqdm(range(cfg.rollout_batches), desc=f"{stage.name} rollouts", unit="batch"):
+                                                      resolve_tasks(recipe.envs.tasks), seed=recipe.seed + 7,
+                                                      timeouts_cfg=recipe.runtime.timeouts) as pool:
+            for i in tqdm(range(cfg.rollout_batches), desc=f"{stage.name} rollouts", unit="batch"):
                 rollouts.append(pool.sample(None).data)
+                _drain_pool_events(ctx, stage, pool, i)
     with ctx.timers.phase("reward_model"):
         train, heldout = build_reward_data(cfg, datasets=[dataset_for(ctx, recipe)], rollouts=rollouts,
                                            task_names=list(ALL_TASKS), seed=recipe.seed,

@@ -78,8 +78,9 @@ class WeightSubscriber:
 
     kind = "object_store"
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 300.0) -> None:
         self.version = 0  # nothing loaded yet; published versions start at 1
+        self.timeout_s = float(timeout_s)  # bound on fetching a published buffer (runtime.timeouts.weights_s)
 
     def maybe_load(self, module: nn.Module, handle: WeightsHandle) -> bool:
         if handle.version <= self.version:
@@ -87,9 +88,10 @@ class WeightSubscriber:
         if handle.ref is None:
             raise ValueError(f"weights handle v{handle.version} carries no object ref (a collective-path handle?): "
                              "load it with the broadcaster that published it")
-        import ray
+        from vlaforge.runtime import timeouts
 
-        buffers = ray.get(handle.ref)  # {dtype: read-only numpy view onto shared memory}
+        # {dtype: read-only numpy view onto shared memory}
+        buffers = timeouts.get(handle.ref, self.timeout_s, f"weights v{handle.version} from the object store")
         unpack_into(module, buffers, handle.layout)
         del buffers  # unpin the shared-memory object right away
         self.version = handle.version
