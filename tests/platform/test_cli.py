@@ -106,3 +106,22 @@ def test_train_with_override_after_run_dir_reaches_the_recipe(tmp_path):
     p = run("train", "configs/quickstart.yaml", "--run-dir", str(tmp_path / "x"), "train.lr=-1")
     assert p.returncode == 2 and "train.lr" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_user_error_raised_inside_a_learner_rank_prints_as_one_line():
+    """A damaged dataset found by a learner rank arrives as WorkerError(RayTaskError(DataFileError)): the CLI
+    must unwrap it to the user's error, not a remote traceback; a real bug stays a traceback."""
+    import ray.exceptions as rex
+
+    from vlaforge.errors import VlaforgeError
+    from vlaforge.platform.cli import _user_error
+    from vlaforge.runtime.worker_group import WorkerError
+
+    try:
+        raise VlaforgeError("/data/x/file-000.parquet: truncated (episodes 3, 4)")
+    except VlaforgeError as e:
+        remote = rex.RayTaskError("setup", "Traceback ...", e)
+    wrapped = WorkerError("bc-learners", 1, 2, "setup", remote, "raised")
+    found = _user_error(wrapped)
+    assert isinstance(found, VlaforgeError) and "file-000.parquet" in str(found)
+    assert _user_error(WorkerError("bc-learners", 0, 2, "train_steps", RuntimeError("bug"))) is None

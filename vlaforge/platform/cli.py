@@ -217,6 +217,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a user mistake found inside a Ray actor arrives wrapped (WorkerError, RayTaskError)
+        user = _user_error(e)
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return user.code
+
+
+def _user_error(e: BaseException, depth: int = 6) -> VlaforgeError | None:
+    """The VlaforgeError inside a remote failure (a damaged dataset or checkpoint found by a learner rank),
+    so that it prints as one line like a local one instead of a remote traceback."""
+    for _ in range(depth):
+        if isinstance(e, VlaforgeError):
+            return e
+        nxt = getattr(e, "cause", None) or e.__cause__  # WorkerError.cause, RayTaskError.cause, raise ... from
+        if not isinstance(nxt, BaseException):
+            return None
+        e = nxt
+    return None
 
 
 if __name__ == "__main__":
