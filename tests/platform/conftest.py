@@ -218,3 +218,20 @@ def chromium():
 @pytest.fixture
 def port():
     return free_port()
+
+
+# The tiny one-stage BC recipe of the driver, publish and submit tests, as quickstart.yaml overrides. One
+# copy, so that every test asks for the same envs/demos and reuses one cached demonstration dataset.
+TINY_BC = (
+    "envs.tasks=[reach-v3,drawer-close-v3]", "envs.image_size=32", "envs.max_episode_steps=120",
+    "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
+    "policy.vision.channels=[8,16]", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
+    "train.batch_size=8", "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2",
+    "eval.videos_per_task=1", "logging.wandb_mode=offline", "stages=[{name: bc, kind: bc}]",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_bc() -> list[str]:
+    """``TINY_BC`` as a fresh list (tests append their own overrides; the last one is the stages list)."""
+    return list(TINY_BC)

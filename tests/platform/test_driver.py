@@ -13,19 +13,12 @@ from vlaforge.platform.driver import evaluate_checkpoint, train
 from vlaforge.platform.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "envs.tasks=[reach-v3,drawer-close-v3]", "envs.image_size=32", "envs.max_episode_steps=120",
-    "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
-    "policy.vision.channels=[8,16]", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
-    "train.batch_size=8", "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2",
-    "eval.videos_per_task=1", "logging.wandb_mode=offline", "stages=[{name: bc, kind: bc}]",
-]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(ray_cluster, tmp_path_factory):
+def tiny_run(ray_cluster, tmp_path_factory, tiny_bc):
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    recipe = load_recipe(ROOT / "configs" / "quickstart.yaml", TINY)
+    recipe = load_recipe(ROOT / "configs" / "quickstart.yaml", tiny_bc)
     summary = train(recipe, run_dir=run_dir)
     return run_dir, summary
 

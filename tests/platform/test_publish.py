@@ -20,14 +20,6 @@ from vlaforge.platform.recipe import load_recipe
 from vlaforge.policies.io import IntegrityError, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
-# test_driver.py's tiny recipe (its cached demonstrations are reused)
-TINY = [
-    "envs.tasks=[reach-v3,drawer-close-v3]", "envs.image_size=32", "envs.max_episode_steps=120",
-    "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
-    "policy.vision.channels=[8,16]", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
-    "train.batch_size=8", "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2",
-    "eval.videos_per_task=1", "logging.wandb_mode=offline", "stages=[{name: bc, kind: bc}]",
-]
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -36,10 +28,10 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def published(ray_cluster, tmp_path_factory):
+def published(ray_cluster, tmp_path_factory, tiny_bc):
     base = tmp_path_factory.mktemp("publish")
     run_dir = base / "run"
-    train(load_recipe(ROOT / "configs" / "quickstart.yaml", TINY), run_dir=run_dir)
+    train(load_recipe(ROOT / "configs" / "quickstart.yaml", tiny_bc), run_dir=run_dir)
     out = base / "published"
     p = cli("publish", str(run_dir), "--to", str(out))
     assert p.returncode == 0, p.stderr
@@ -117,9 +109,9 @@ def test_tampered_truncated_and_unverified_folders_are_refused(published, tmp_pa
 
 
 @pytest.mark.slow
-def test_stage_init_from_published_folder(published, tmp_path):
+def test_stage_init_from_published_folder(published, tmp_path, tiny_bc):
     _, out = published
-    over = [*TINY[:-1], "train.steps=2", "train.log_every=1", "train.checkpoint_every=2", "eval.enabled=false",
+    over = [*tiny_bc[:-1], "train.steps=2", "train.log_every=1", "train.checkpoint_every=2", "eval.enabled=false",
             f"stages=[{{name: ft, kind: bc, init: {out}}}]"]
     summary = train(load_recipe(ROOT / "configs" / "quickstart.yaml", over), run_dir=tmp_path / "ft")
     record = json.loads((tmp_path / "ft" / "ft" / "stage.json").read_text())

@@ -10,14 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# The tiny recipe of tests/platform/test_driver.py (same envs/demos: its cached demonstrations are reused).
-TINY = [
-    "envs.tasks=[reach-v3,drawer-close-v3]", "envs.image_size=32", "envs.max_episode_steps=120",
-    "demos.episodes_per_task=2", "policy.dim=32", "policy.layers=1", "policy.heads=2",
-    "policy.vision.channels=[8,16]", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
-    "train.batch_size=8", "train.warmup_steps=0", "eval.episodes_per_task=2", "eval.envs_per_worker=2",
-    "eval.videos_per_task=1", "logging.wandb_mode=offline",
-]
 
 
 def vlaforge(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -36,12 +28,12 @@ def wait_for(fn, timeout: float, what: str, every: float = 2.0):
 
 
 @pytest.mark.slow
-def test_submit_status_logs_list_stop(ray_two_nodes, tmp_path):
+def test_submit_status_logs_list_stop(ray_two_nodes, tmp_path, tiny_bc):
     c = ray_two_nodes
     env = c.client_env()
     run_dir = tmp_path / "job-run"
-    p = vlaforge("submit", "configs/quickstart.yaml", *TINY, "--address", c.address, "--run-dir", str(run_dir),
-                 "stages=[{name: bc, kind: bc}]", env=env)  # an override after the options, too
+    p = vlaforge("submit", "configs/quickstart.yaml", *tiny_bc[:-1], "--address", c.address, "--run-dir",
+                 str(run_dir), tiny_bc[-1], env=env)  # an override (the stages) after the options, too
     assert p.returncode == 0, p.stderr
     job_id = p.stdout.split("job:")[1].split()[0]
     assert f"run dir: {run_dir.resolve()}" in p.stdout
@@ -68,11 +60,12 @@ def test_submit_status_logs_list_stop(ray_two_nodes, tmp_path):
 
 
 @pytest.mark.slow
-def test_wrong_or_missing_token_is_refused_clearly(ray_two_nodes, tmp_path):
+def test_wrong_or_missing_token_is_refused_clearly(ray_two_nodes, tmp_path, tiny_bc):
     c = ray_two_nodes
     wrong = c.client_env(token="0" * 64)
     for args in (("jobs", "list", "--address", c.address),
-                 ("submit", "configs/quickstart.yaml", *TINY, "--address", c.address, "--run-dir", str(tmp_path / "x"))):
+                 ("submit", "configs/quickstart.yaml", *tiny_bc[:-1], "--address", c.address,
+                  "--run-dir", str(tmp_path / "x"))):
         p = vlaforge(*args, env=wrong)
         assert p.returncode == 2, (p.stdout, p.stderr)
         assert "Traceback" not in p.stderr
