@@ -48,10 +48,15 @@ class Probe:
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         n, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            dist.all_reduce(torch.ones(1))
+        while True:
+            # Every rank must leave on the same iteration: each rank's own clock would let one rank start
+            # one more all_reduce that its peer never joins (a hang until gloo's timeout). MIN of "still
+            # time left" is that agreement -- and still a collective every iteration.
+            go = torch.tensor([1.0 if time.monotonic() < end else 0.0])
+            dist.all_reduce(go, op=dist.ReduceOp.MIN)
+            if go.item() == 0.0:
+                return n
             n += 1
-        return n
 
     def fail_on(self, rank: int) -> int:
         me = int(os.environ["RANK"])
