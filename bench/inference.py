@@ -7,6 +7,8 @@ actions/s = n_action_steps / forward time (per env; x batch for the whole batch)
 plan time. Prints JSON. Timings on shared cores are noisy: compare medians of repeated runs.
 
     python bench/inference.py [--quick] [--vision cnn|efficientnet_lite0] [--batch 1 8]
+        [--head gaussian|tokens|diffusion|flow]   (head sample = one chunk from the readout: the AR decoding
+                                                  or the denoising steps; plan_ms_per_action = plan / n)
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
     with torch.inference_mode():
         processor_t = _time(lambda: proc(obs), iters, warmup)
         forward_t = _time(lambda: policy(prepared), iters, warmup)
+        out = policy(prepared)
+        sample_t = _time(lambda: policy.act(out, deterministic=True), iters, warmup)  # the action head's decoding
 
     def plan():  # one re-plan of every env, exactly the runner's path
         runner.reset()
@@ -75,6 +79,8 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
         "processor": processor_t,
         "forward": forward_t,
         "plan": plan_t,
+        "head_sample": sample_t,
+        "plan_ms_per_action": round(plan_t["median_ms"] / n_steps, 3),  # latency per executed action (chunking)
         "runner_step_amortised": step_t,  # read mean_ms: most steps only pop a queue
         "chunks_per_s": round(1 / fwd_s, 1),
         # the brief's figure: n_action_steps / forward time, per env and for the whole batch
@@ -90,11 +96,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
     ap.add_argument("--vision", default="cnn", help="vision backbone type (cnn, efficientnet_lite0)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--head", default="gaussian", help="action head type (gaussian, tokens, diffusion, flow)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = PolicyConfig(vision={"type": args.vision})
+    cfg = PolicyConfig(vision={"type": args.vision}, head={"type": args.head})
     spec = PolicySpec(image_shape=(1, 64, 64, 3), state_dim=39, action_dim=4)
     stats = {
         "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39},
@@ -109,7 +116,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "config": {"vision": args.vision, "dim": cfg.dim, "layers": cfg.layers, "chunk_size": cfg.chunk_size,
+        "config": {"vision": args.vision, "head": args.head, "dim": cfg.dim, "layers": cfg.layers, "chunk_size": cfg.chunk_size,
                    "n_action_steps": cfg.n_action_steps, "image_shape": list(spec.image_shape),
                    "state_dim": spec.state_dim, "action_dim": spec.action_dim},
         "params": policy.num_parameters(),
