@@ -3,7 +3,9 @@
     tokens (B, N) = tokenizer.encode(chunk)                  vlaforge/policies/heads/action_tokenizers.py
     logits_i     = decoder(BOS, t_0 .. t_{i-1} | readout)    causal transformer, cross-attention to (B, K, dim)
     BC           = cross-entropy of the teacher-forced logits (bins: padded positions' tokens count 0)
-    sample       = N decoding steps: softmax(logits / temperature) (rollouts) or argmax (deterministic)
+    sample       = N decoding steps: softmax(logits / temperature) (rollouts) or argmax (deterministic), with
+                   a key/value cache over the decoder's own layers (one token per step instead of
+                   rerunning the prefix: ~N/2 x less work; the same function as the teacher-forced pass)
     log_prob     = sum_i log softmax(logits_i / temperature)[t_i] at the STORED tokens (HEAD_EXTRAS /
                    ACTION_TOKENS): exact, from the token distribution; bins count only executed positions
                    (the sequence is in time order, so that is the exact marginal of the executed prefix);
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
@@ -101,18 +104,53 @@ class TokenHead(ActionHead):
                generator: torch.Generator | None = None) -> TensorDict:
         features = self._features(out)
         b, n = features.shape[0], self.tokenizer.seq_len
-        prev = torch.full((b, 1), self.bos, dtype=torch.long, device=features.device)
+        state = self._cache_init(features)
+        tok = torch.full((b,), self.bos, dtype=torch.long, device=features.device)
         lp = torch.zeros(b, device=features.device)
-        for i in range(n):  # no KV cache: N <= K * A short steps, each over the prefix
-            logp = torch.log_softmax(self._logits(features, prev)[:, -1] / self.temperature, dim=-1)  # (B, V)
+        out_tokens = []
+        for i in range(n):
+            logp = torch.log_softmax(self._cached_step(state, tok, i) / self.temperature, dim=-1)  # (B, V)
             if deterministic:
                 tok = logp.argmax(-1)
             else:
                 tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
             lp = lp + logp.gather(-1, tok[:, None]).squeeze(-1)
-            prev = torch.cat([prev, tok[:, None]], dim=1)
+            out_tokens.append(tok)
+        prev = torch.stack([torch.full_like(tok, self.bos)] + out_tokens, dim=1)
         tokens = prev[:, 1:]
         return packed(self.tokenizer.decode(tokens).to(features.dtype), lp, {keys.ACTION_TOKENS: tokens})
+
+    # -- incremental decoding: the decoder layers (pre-norm, as built above) one token at a time ------------
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        """q (B, 1, d), k / v (B, L, d) -> (B, 1, d): multi-head scaled dot-product attention."""
+        b, lq, d = q.shape
+        split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731 -- (B, h, L, d/h)
+        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, lq, d)
+
+    def _cache_init(self, features: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per layer: cross-attention keys / values of the readout (fixed) and empty self-attention caches."""
+        state = []
+        for layer in self.decoder.layers:
+            ca, d = layer.multihead_attn, features.shape[-1]
+            k = F.linear(features, ca.in_proj_weight[d : 2 * d], ca.in_proj_bias[d : 2 * d])
+            v = F.linear(features, ca.in_proj_weight[2 * d :], ca.in_proj_bias[2 * d :])
+            state.append({"mem_k": k, "mem_v": v, "k": features[:, :0], "v": features[:, :0]})
+        return state
+
+    def _cached_step(self, state: list[dict[str, torch.Tensor]], tok: torch.Tensor, i: int) -> torch.Tensor:
+        """Previous token (B,) at step i -> logits (B, V) of token i; appends to the self-attention caches."""
+        x = (self.embed(tok) + self.pos[i])[:, None]  # (B, 1, d)
+        d = x.shape[-1]
+        for layer, st in zip(self.decoder.layers, state):
+            sa, ca = layer.self_attn, layer.multihead_attn
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+            st["k"], st["v"] = torch.cat([st["k"], k], 1), torch.cat([st["v"], v], 1)
+            x = x + sa.out_proj(self._attend(q, st["k"], st["v"], sa.num_heads))
+            q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+            x = x + ca.out_proj(self._attend(q, st["mem_k"], st["mem_v"], ca.num_heads))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.out(x[:, 0]).float()
 
     def _per_token(self, out: TensorDictBase, extras: TensorDictBase | None) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._features(out)
