@@ -3,13 +3,18 @@
 #   nohup notes/family/run_all.sh > notes/family/run_all.log 2>&1 &
 set -u
 cd /work/wt/heads
-export PYTHONPATH=/work/wt/heads
+# Runs import a frozen copy of the code at the current commit (edits to the worktree during the ~80 min of
+# runs must not reach a run's Ray workers half-way through).
+COMMIT=$(git rev-parse --short HEAD)
+SNAP=/tmp/heads/snap-$COMMIT
+mkdir -p $SNAP && git archive HEAD vlaforge configs | tar -x -C $SNAP
+export PYTHONPATH=$SNAP
 ORDER=${ORDER:-"gaussian:0 tokens:0 diffusion:0 flow:0 gaussian:1 tokens:1 diffusion:1 flow:1"}
 for item in $ORDER; do
   head=${item%%:*}; seed=${item##*:}
   run=/work/wt/heads/runs/family-$head-s$seed
   [ -f notes/family/$head-s$seed.json ] && continue
-  cmd="nice -n 10 .venv/bin/vlaforge train configs/family.yaml policy.head.type=$head seed=$seed train.seed=$seed --run-dir $run"
+  cmd="nice -n 10 .venv/bin/vlaforge train $SNAP/configs/family.yaml policy.head.type=$head seed=$seed train.seed=$seed --run-dir $run"
   echo "$(date -u +%FT%TZ) start $head seed $seed: $cmd"
   start=$(date +%s)
   $cmd > /tmp/heads/family-$head-s$seed.log 2>&1
@@ -19,7 +24,7 @@ for item in $ORDER; do
   tail -n 25 /tmp/heads/family-$head-s$seed.log > notes/family/$head-s$seed.tail.txt
   if [ $rc -eq 0 ]; then
     .venv/bin/python notes/family/summarize.py $run $head $seed \
-      | .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); d['wall_s']=$wall; d['command']='$cmd'; print(json.dumps(d, indent=1))" \
+      | .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); d['wall_s']=$wall; d['command']='$cmd'; d['commit']='$COMMIT'; print(json.dumps(d, indent=1))" \
       > notes/family/$head-s$seed.json
   fi
   for i in 1 2 3 4 5; do
