@@ -1,7 +1,7 @@
 """The family table (markdown) from notes/family/<head>-s<seed>.json and latency-<head>.json.
 
 Success: per-seed means and a 95% Wilson interval over the pooled episodes of all seeds (same fixed initial
-states per seed: 15 per task x 2 tasks); samples/s: median of the BC stage's logged rates, mean over seeds.
+states per seed: 10 per task x 2 tasks); samples/s: median of the BC stage's logged rates, mean over seeds.
     python notes/family/table.py > notes/family/table.md
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 HEADS = ["gaussian", "tokens", "diffusion", "flow"]
-EPISODES = 30  # per evaluation: 15 episodes x 2 tasks (configs/family.yaml)
+EPISODES = 20  # per evaluation: 10 episodes x 2 tasks (configs/family.yaml)
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
