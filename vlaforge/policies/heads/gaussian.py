@@ -1,4 +1,4 @@
-"""``gaussian``: a diagonal Gaussian per chunk position (the baseline head), and the value head.
+"""``gaussian``: a diagonal Gaussian per chunk position (the baseline head).
 
 BC:  loss_bc  = masked MSE(ACTION_MEAN, TARGET_CHUNK)                 trains the mean (the executed action)
      loss_std = masked Gaussian NLL(TARGET_CHUNK | mean.detach(), std) trains log_std by likelihood only
@@ -117,13 +117,3 @@ class GaussianHead(ActionHead):
     def reference_keys(self) -> tuple[str, ...]:
         return (keys.ACTION_MEAN, keys.ACTION_LOG_STD)
 
-
-class ValueHead(nn.Module):
-    """Critic on the shared backbone: mean of the readout tokens -> MLP -> (B, 1)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
-
-    def forward(self, readout: torch.Tensor) -> torch.Tensor:
-        return self.net(readout.mean(dim=1))  # (B, K, dim) -> (B, 1)
