@@ -122,14 +122,15 @@ def test_unknown_task_is_caught_at_check_time(tmp_path):
 
 
 def test_stage_set_blocks_are_validated_with_lines(tmp_path):
-    text = "stages:\n  - name: bc\n  - name: ppo\n    kind: ppo\n    set:\n      train:\n        objective: ppo\n        lr: 0.5\n"
+    text = ("ray:\n  num_cpus: 4\nstages:\n  - name: bc\n  - name: ppo\n    kind: ppo\n    set:\n      train:\n"
+            "        objective: ppo\n        lr: 0.5\n")
     f = write(tmp_path, "r.yaml", text)
     from vlaforge.platform.recipe import stage_recipe
 
     r = load_recipe(f)
     assert stage_recipe(r, 1).train.lr == 0.5 and stage_recipe(r, 0).train.lr == r.train.lr
     write(tmp_path, "r.yaml", text.replace("lr: 0.5", "lrr: 0.5"))
-    with pytest.raises(RecipeError, match=r"(?s)stage 'ppo', stages.1.set.*r.yaml:8: train.lrr: unknown key. Did you mean 'lr'"):
+    with pytest.raises(RecipeError, match=r"(?s)stage 'ppo', stages.1.set.*r.yaml:10: train.lrr: unknown key. Did you mean 'lr'"):
         load_recipe(f)
     write(tmp_path, "r.yaml", "stages:\n  - name: a\n  - name: a\n")
     with pytest.raises(RecipeError, match="stage names must be unique"):

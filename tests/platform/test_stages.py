@@ -81,6 +81,11 @@ def test_resume_skips_finished_stages(staged_run):
 
 @pytest.mark.slow
 def test_rl_stage_needs_a_policy(ray_cluster, tmp_path):
-    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld.yaml", TINY[:-1] + ["stages=[{name: ppo, kind: ppo}]"])
-    with pytest.raises(VlaforgeError, match="needs a policy to fine-tune"):
+    from vlaforge.platform.config import StageConfig
+
+    with pytest.raises(VlaforgeError, match="needs a policy to start from"):  # refused when the recipe loads ...
+        load_recipe(ROOT / "configs" / "ppo_metaworld.yaml", TINY[:-1] + ["stages=[{name: ppo, kind: ppo}]"])
+    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld.yaml", TINY[:-1])
+    recipe = recipe.model_copy(update={"stages": [StageConfig(name="ppo", kind="ppo")]})  # bypasses the check
+    with pytest.raises(VlaforgeError, match="needs a policy to fine-tune"):  # ... and by the stage itself
         train(recipe, run_dir=tmp_path / "r")

@@ -42,9 +42,10 @@ class RolloutConfig(StrictModel):
     # Env recreations inside one sample call (an env that raised) before the actor gives up on that call
     # and reports a RolloutEnvError (then the pool restarts the actor, counted in max_restarts).
     max_env_retries: int = Field(2, ge=0)
-    # Weight transport to the actors: "object_store" (CPU clusters, zero-copy ray.put) or "collective"
-    # (torch.distributed group from learner rank 0; GPU actors).
-    broadcast: Literal["object_store", "collective"] = "object_store"
+    # Weight transport to the actors, a key of vlaforge.runtime.weights.BROADCASTERS: "object_store" (CPU
+    # clusters, zero-copy ray.put) or "collective" (torch.distributed group from learner rank 0; GPU actors).
+    # The RL stages run object_store only for now: `recipe check` refuses "collective" there (not wired yet).
+    broadcast: str = "object_store"
     deterministic: bool = False  # False: sample chunks from the policy's Gaussian (RL exploration)
     # GRPO / RLOO: G > 1 restarts every simulator at each sample call, G consecutive simulators sharing one
     # initial state (task + reset seed); rows carry group_id. envs_per_actor must be a multiple of G.

@@ -41,4 +41,15 @@ class DemoConfig(StrictModel):
 class DataConfig(StrictModel):
     # A LeRobot v3 dataset folder to train on instead of generated demos (null: use ``demos``).
     path: str | None = None
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # episodes held out for a validation loss
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_validation_split(cls, data):
+        # `val_fraction` was accepted but no learner ever held episodes out: removed. Recipes saved by earlier
+        # runs carry `val_fraction: 0.0` (resume must still load them); any other value is refused.
+        if isinstance(data, dict) and "val_fraction" in data:
+            if data["val_fraction"] not in (0, 0.0):
+                raise ValueError("data.val_fraction is not implemented (no learner holds out validation episodes): "
+                                 "remove it")
+            data = {k: v for k, v in data.items() if k != "val_fraction"}
+        return data

@@ -1,7 +1,9 @@
 """Batched simulator envs: the contract (base), one adapter per simulator, instruction templates.
 
-``import vlaforge.envs`` stays cheap (no mujoco / Meta-World): backends register themselves in
-ENV_REGISTRY when their module is imported, which ``make_env`` does on demand (BACKEND_MODULES).
+``import vlaforge.envs`` stays cheap (no torch, mujoco or Meta-World: the recipe schema imports
+``vlaforge.envs.config``, and ``vlaforge recipe check`` should not pay for torch): the contract (``base``,
+torch) loads on first use; backends register themselves in ENV_REGISTRY when their module is imported,
+which ``make_env`` does on demand (BACKEND_MODULES).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Sequence
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-from vlaforge.envs.base import ENV_REGISTRY, BatchedEnv, EnvSpec, register_env
 from vlaforge.envs.config import EnvConfig
 from vlaforge.envs.instructions import instructions_for, paraphrases, sample_instruction
 from vlaforge.envs.tasks import ALL_TASKS, resolve_tasks, task_index
@@ -26,6 +27,10 @@ BACKEND_MODULES: dict[str, str] = {"metaworld": "vlaforge.envs.metaworld"}
 
 # Heavy names, imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
+    "ENV_REGISTRY": "vlaforge.envs.base",
+    "BatchedEnv": "vlaforge.envs.base",
+    "EnvSpec": "vlaforge.envs.base",
+    "register_env": "vlaforge.envs.base",
     "MetaWorldBatchedEnv": "vlaforge.envs.metaworld",
     "make_metaworld_env": "vlaforge.envs.metaworld",
     "make_expert": "vlaforge.envs.experts",
@@ -33,8 +38,10 @@ _LAZY: dict[str, str] = {
 }
 
 
-def make_env(cfg: EnvConfig, tasks: Sequence[str], seed: int = 0) -> BatchedEnv:
+def make_env(cfg: EnvConfig, tasks: Sequence[str], seed: int = 0) -> "BatchedEnv":
     """Build the batched env of ``cfg.backend`` with one simulator per entry of ``tasks``."""
+    from vlaforge.envs.base import ENV_REGISTRY
+
     if cfg.backend not in ENV_REGISTRY and cfg.backend in BACKEND_MODULES:
         importlib.import_module(BACKEND_MODULES[cfg.backend])
     if cfg.backend not in ENV_REGISTRY:

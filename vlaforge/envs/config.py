@@ -10,7 +10,7 @@ from vlaforge.config_base import StrictModel
 
 
 class EnvConfig(StrictModel):
-    backend: str = "metaworld"  # key of vlaforge.envs.base.ENV_REGISTRY
+    backend: str = "metaworld"  # key of ENV_REGISTRY / BACKEND_MODULES (vlaforge/envs), checked by the recipe loader
     # Task names (e.g. reach-v3) or a benchmark set name (MT10, MT50) that expands to its tasks.
     tasks: list[str] = Field(default_factory=lambda: ["reach-v3"], min_length=1)
     image_size: int = Field(64, ge=16, le=512)  # square camera images, pixels

@@ -51,9 +51,10 @@ class GRPOConfig(ClipObjectiveConfig):
     """Critic-free: G rollouts per initial state (a GROUP_ID per trajectory), group-relative advantages.
     train.objective "grpo": (R - mean_g) / std_g; "rloo": R - mean of the other G-1 (leave-one-out)."""
 
-    # The trajectory score: "success" (1 if the task succeeded in the row's first episode; SimpleVLA-RL)
-    # or "return" (discounted sum of env rewards of that episode, gamma per env step).
-    score: Literal["success", "return"] = "success"
+    # The trajectory score, a key of vlaforge.learners.grpo.SCORES (checked by the recipe loader): "success" (1
+    # if the task succeeded in the row's first episode; SimpleVLA-RL) or "return" (discounted sum of env rewards
+    # of that episode, gamma per env step).
+    score: str = "success"
     gamma: float = Field(1.0, gt=0.0, le=1.0)
     std_eps: float = Field(1e-6, gt=0.0)  # grpo: added to the group std
     dynamic_sampling: bool = True  # drop groups whose scores are all equal (all succeeded / all failed)
@@ -61,21 +62,26 @@ class GRPOConfig(ClipObjectiveConfig):
 
 
 class TrainConfig(StrictModel):
-    objective: str = "bc"  # key of the objective registry (vlaforge/learners)
+    # Key of the objective registry (vlaforge/learners/registry.py), checked by the recipe loader; it must be one
+    # the stage kind runs (platform/stages.py). In ppo / grpo stages "bc" means the stage's default objective.
+    objective: str = "bc"
     bc_std_coef: float = Field(1.0, ge=0.0)  # bc: weight of the std's likelihood term (mean detached there)
     num_learners: int = Field(2, ge=1)  # DeepSpeed ranks, one Ray actor each
     cpus_per_learner: float = Field(1.0, gt=0)
     gpus_per_learner: float = Field(0.0, ge=0)
     threads_per_learner: int = Field(1, ge=1)  # torch intra-op threads (Ray sets OMP_NUM_THREADS=1)
-    steps: int = Field(1000, ge=1)  # optimizer steps
-    batch_size: int = Field(64, ge=1)  # global batch, split evenly over the ranks
+    steps: int = Field(1000, ge=1)  # BC: optimizer steps; RL stages: updates (one rollout batch each)
+    # BC: global batch per optimizer step, split evenly over the ranks (DeepSpeed: micro batch x ranks, no
+    # gradient accumulation). RL stages take their minibatches from the rollout batch (ppo/grpo.num_minibatches)
+    # and use it only for DeepSpeed's config, which still needs it divisible by the ranks.
+    batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = 0
-    log_every: int = Field(25, ge=1)  # steps between metric records
-    checkpoint_every: int = Field(500, ge=1)  # steps between DeepSpeed checkpoints
+    log_every: int = Field(25, ge=1)  # BC: steps between metric records (RL stages log every update)
+    checkpoint_every: int = Field(500, ge=1)  # steps (RL: updates) between DeepSpeed checkpoints, and at the end
     keep_checkpoints: int = Field(2, ge=1)  # newest DeepSpeed checkpoints kept on disk
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)  # objective "ppo"

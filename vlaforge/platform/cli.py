@@ -42,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_recipe_check(args) -> int:
-    from vlaforge.platform.recipe import dump_recipe, load_recipe
+    from vlaforge.platform.recipe import check_recipe, dump_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe, notes = check_recipe(args.recipe, args.overrides)
+    for note in notes:
+        print(f"# note: {note}", file=sys.stderr)
     if not args.quiet:
         print(dump_recipe(recipe), end="")
         print(f"# OK: {args.recipe} is valid", file=sys.stderr)

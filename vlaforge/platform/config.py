@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from vlaforge.actors.config import EvalConfig, RolloutConfig
-from vlaforge.config_base import StrictModel
+from vlaforge.config_base import FolderName, StrictModel
 from vlaforge.data.config import DataConfig, DemoConfig
 from vlaforge.envs.config import EnvConfig
 from vlaforge.learners.config import TrainConfig
@@ -24,15 +24,17 @@ class RayConfig(StrictModel):
 
 class LoggingConfig(StrictModel):
     wandb: bool = True
-    wandb_mode: str = "offline"  # "offline" (default, no network), "online", "disabled"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline (default): no network
     wandb_project: str = "vlaforge"
     wandb_entity: str | None = None
     tensorboard: bool = False
 
 
 class StageConfig(StrictModel):
-    name: str  # folder of the stage inside the run directory
-    kind: Literal["bc", "ppo", "grpo", "reward_model"] = "bc"  # key of vlaforge.platform.stages.STAGES
+    name: FolderName  # folder of the stage inside the run directory
+    # Key of vlaforge.platform.stages.STAGES (bc, ppo, grpo, reward_model, ...): checked against that registry
+    # by the recipe loader (vlaforge/platform/recipe_names.py), so a new stage kind is one registration.
+    kind: str = "bc"
     # Where the stage's policy starts: "previous" (the previous stage's result; from scratch for the
     # first stage), "scratch", or a path to an exported policy / checkpoint / run folder.
     init: str = "previous"
@@ -42,20 +44,13 @@ class StageConfig(StrictModel):
     # {train: {objective: ppo, lr: 1.0e-4, steps: 40}, rollout: {num_actors: 2}}. Validated at load time.
     set: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _folder_name(cls, v: str) -> str:
-        if not v or not all(c.isalnum() or c in "-_" for c in v):
-            raise ValueError(f"stage name {v!r} must be a folder name (letters, digits, - and _)")
-        return v
-
 
 def _default_stages() -> list[StageConfig]:
     return [StageConfig(name="bc", kind="bc")]
 
 
 class Recipe(StrictModel):
-    name: str = "run"  # run name; the default run directory is runs/<name>-<timestamp>
+    name: FolderName = "run"  # run name; the default run directory is runs/<name>-<timestamp>
     seed: int = 0
     ray: RayConfig = Field(default_factory=RayConfig)
     envs: EnvConfig = Field(default_factory=EnvConfig)

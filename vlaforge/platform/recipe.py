@@ -2,6 +2,9 @@
 
 Every error names the file, the line, the key path, what was expected and, for a misspelt key, the
 closest valid key -- and is raised as ``RecipeError`` (the CLI prints it and exits 2, no traceback).
+Three passes: the schema (pydantic, per field), the registry names (recipe_names.py) and the cross-field
+rules (recipe_rules.py), the last two on every stage as it will run. YAML is read with the safe loader;
+recursive aliases and alias bombs ("billion laughs") are refused while the nodes are converted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from vlaforge.errors import RecipeError
 from vlaforge.platform.config import Recipe
+from vlaforge.platform.recipe_names import check_names
+from vlaforge.platform.recipe_rules import View, check_rules
 
 Path_ = tuple[str, ...]  # a key path inside the recipe, e.g. ("train", "lr")
 
@@ -36,52 +41,152 @@ class Source:
 
 # -- YAML with line numbers ---------------------------------------------------------------------------
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Bounds of the converted document. Aliases are references, so a few lines of nested aliases can stand for
+# billions of values ("billion laughs"); we expand them while converting and stop at MAX_NODES (a real recipe
+# has a few hundred). MAX_DEPTH keeps a deeply nested file from exhausting the Python stack.
+MAX_NODES = 20_000
+MAX_DEPTH = 50
+MAX_BYTES = 1 << 20  # recipes are small; refuse a multi-megabyte file before parsing it
 
 
-def _node_to_py(node: yaml.Node, loader: yaml.SafeLoader, file: str, path: Path_, src: Source) -> Any:
+class _Loader(yaml.SafeLoader):
+    """The safe loader, remembering which node carried which anchor (the composer forgets) to name it in errors."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.anchor_of: dict[int, str] = {}  # id(node) -> anchor name
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self.anchor_of[id(node)] = anchor
+        return node
+
+
+@dataclass
+class _Walk:
+    """State of one conversion: the nodes on the current path (cycles) and the nodes expanded so far (bombs)."""
+
+    loader: _Loader
+    file: str
+    src: Source
+    open: set[int] = field(default_factory=set)
+    count: int = 0
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.file}:{node.start_mark.line + 1}"
+
+    def name(self, node: yaml.Node) -> str:
+        a = self.loader.anchor_of.get(id(node))
+        return f"anchor &{a}" if a else "a node"
+
+
+def _node_to_py(node: yaml.Node, w: _Walk, path: Path_, depth: int = 0) -> Any:
+    w.count += 1
+    if w.count > MAX_NODES:
+        raise RecipeError(f"{w.file}: YAML expands to more than {MAX_NODES:,} values through its aliases (an alias "
+                          "bomb?): a recipe is a few hundred values; write the values out or use fewer nested aliases")
+    if depth > MAX_DEPTH:
+        raise RecipeError(f"{w.where(node)}: YAML nested deeper than {MAX_DEPTH} levels at {'.'.join(path)}")
+    if id(node) in w.open:
+        raise RecipeError(f"{w.where(node)}: YAML {w.name(node)} contains an alias to itself (at {'.'.join(path)}): "
+                          "a recursive value cannot be a recipe")
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
         # a tagged collection (e.g. !!python/object/apply): the safe constructor raises for it
-        return loader.construct_object(node, deep=True)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for k_node, v_node in node.value:
-            key = loader.construct_object(k_node, deep=True)
-            if not isinstance(key, str):
-                raise RecipeError(f"{file}:{k_node.start_mark.line + 1}: keys must be strings, got {key!r}")
-            if key in out:
-                raise RecipeError(
-                    f"{file}:{k_node.start_mark.line + 1}: {'.'.join(path + (key,))}: key given twice"
-                )
-            src.where[path + (key,)] = f"{file}:{k_node.start_mark.line + 1}"
-            out[key] = _node_to_py(v_node, loader, file, path + (key,), src)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            src.where[path + (str(i),)] = f"{file}:{v.start_mark.line + 1}"
-        return [_node_to_py(v, loader, file, path + (str(i),), src) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+        return w.loader.construct_object(node, deep=True)
+    if isinstance(node, yaml.ScalarNode):
+        return w.loader.construct_object(node, deep=True)
+    w.open.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                w.src.where[path + (str(i),)] = w.where(v)
+            return [_node_to_py(v, w, path + (str(i),), depth + 1) for i, v in enumerate(node.value)]
+        return _mapping(node, w, path, depth)
+    finally:
+        w.open.discard(id(node))
 
 
-def _load_yaml(file: Path, src: Source) -> dict[str, Any]:
+def _mapping(node: yaml.MappingNode, w: _Walk, path: Path_, depth: int) -> dict[str, Any]:
+    """A mapping; ``<<: *base`` (or ``<<: [*a, *b]``) merge keys as YAML 1.1 defines them: the mapping's own
+    keys win over merged ones, and earlier merged mappings over later ones."""
+    out: dict[str, Any] = {}
+    own: list[tuple[yaml.Node, yaml.Node]] = []
+    for k_node, v_node in node.value:
+        if k_node.tag != _MERGE_TAG:
+            own.append((k_node, v_node))
+            continue
+        bases = v_node.value if isinstance(v_node, yaml.SequenceNode) else [v_node]
+        for b in bases:
+            if not isinstance(b, yaml.MappingNode):
+                raise RecipeError(f"{w.where(b)}: {'.'.join(path) or '<top level>'}: '<<' merges mappings only")
+            for k, v in _node_to_py(b, w, path, depth + 1).items():
+                out.setdefault(k, v)
+    seen: set[str] = set()
+    for k_node, v_node in own:
+        key = w.loader.construct_object(k_node, deep=True)
+        if not isinstance(key, str):
+            raise RecipeError(f"{w.where(k_node)}: keys must be strings, got {type(key).__name__}")
+        if key in seen:
+            raise RecipeError(f"{w.where(k_node)}: {'.'.join(path + (key,))}: key given twice")
+        seen.add(key)
+        w.src.where[path + (key,)] = w.where(k_node)
+        out[key] = _node_to_py(v_node, w, path + (key,), depth + 1)
+    return out
+
+
+def _check_nesting(text: str, name: str) -> None:
+    """PyYAML's composer recurses once per nesting level: walk the parser's events first (flat, no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{name}:{event.start_mark.line + 1}: YAML nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _parse_yaml(text: str, name: str, src: Source, path: Path_ = ()) -> Any:
+    """YAML text -> plain Python (dicts, lists, scalars), every key's line in ``src``. Errors name ``name``."""
+    loader = _Loader(text)  # safe: a !!python/object tag is an error, never code execution
     try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise RecipeError(f"{file}: recipe file not found") from None
-    except OSError as e:
-        raise RecipeError(f"{file}: cannot read recipe: {e.strerror}") from None
-    loader = yaml.SafeLoader(text)  # safe: a !!python/object tag is an error, never code execution
-    try:
+        _check_nesting(text, name)
         node = loader.get_single_node()
-        data = {} if node is None else _node_to_py(node, loader, str(file), (), src)
+        return None if node is None else _node_to_py(node, _Walk(loader, name, src), path)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
         problem = e.problem or e.context or "invalid YAML"
         if "constructor" in str(problem):
             problem = f"{problem} (tags like !!python/object are not allowed in recipes)"
-        raise RecipeError(f"{file}{line}: YAML error: {problem}") from None
+        raise RecipeError(f"{name}{line}: YAML error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{name}: YAML error: {e}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise RecipeError(f"{name}: YAML nested too deeply to be a recipe") from None
     finally:
         loader.dispose()
+
+
+def _load_yaml(file: Path, src: Source) -> dict[str, Any]:
+    try:
+        if file.stat().st_size > MAX_BYTES:
+            raise RecipeError(f"{file}: {file.stat().st_size:,} bytes is too large for a recipe (at most {MAX_BYTES:,})")
+        text = file.read_text()
+    except FileNotFoundError:
+        raise RecipeError(f"{file}: recipe file not found") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{file}: not a text file (UTF-8): {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise RecipeError(f"{file}: cannot read recipe: {e.strerror}") from None
+    data = _parse_yaml(text, str(file), src)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise RecipeError(f"{file}: a recipe must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -122,26 +227,33 @@ def _load_with_bases(file: Path, src: Source, seen: tuple[Path, ...] = ()) -> di
 
 # -- command-line overrides ---------------------------------------------------------------------------
 def apply_override(data: dict[str, Any], text: str, src: Source) -> None:
-    """``a.b.c=value``; the value is parsed as YAML (``[x,y]`` is a list, ``3`` an int, ``null`` None)."""
+    """``a.b.c=value``; the value is parsed as YAML (``[x,y]`` is a list, ``3`` an int, ``null`` None).
+    A number indexes a list: ``stages.1.set.train.lr=1e-5``."""
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
     key, raw = text.split("=", 1)
     path = tuple(p for p in key.strip().split(".") if p)
     if not path:
         raise RecipeError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"override {text!r}: cannot parse the value: {e}") from None
-    node = data
-    for i, p in enumerate(path[:-1]):
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise RecipeError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a mapping")
-        node = nxt
-    node[path[-1]] = value
+    # the same bounded safe loader as recipe files (an alias bomb on the command line is refused too)
+    value = _parse_yaml(raw, f"override {text!r}", Source()) if raw.strip() else None
+    node: Any = data
+    for i, p in enumerate(path):
+        here = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not (p.isdigit() and int(p) < len(node)):
+                raise RecipeError(f"override {text!r}: {here}: the list has {len(node)} entries (indices 0-{len(node) - 1})")
+            p = int(p)
+        elif not isinstance(node, dict):
+            raise RecipeError(f"override {text!r}: {'.'.join(path[:i])} is not a mapping or a list")
+        if i == len(path) - 1:
+            node[p] = value
+        else:
+            if isinstance(node, dict) and node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+    for k in [k for k in src.where if k[: len(path)] == path]:  # the file's lines under a replaced value are stale
+        del src.where[k]
     for n in range(1, len(path) + 1):
         src.where[path[:n]] = f"command line override '{text}'"
 
@@ -172,26 +284,16 @@ def _explain(err: dict, src: Source) -> str:
     return f"{where}: {key}: {err['msg']}{got_s}"
 
 
-def _check_tasks(recipe: Recipe, src: Source) -> None:
-    """Task names are known only to the simulator backend: check them now, not an hour into a run."""
-    if recipe.envs.backend != "metaworld":
-        return
-    from vlaforge.envs.tasks import resolve_tasks
-
-    for i, name in enumerate(recipe.envs.tasks):
-        try:
-            resolve_tasks([name])
-        except ValueError as e:
-            raise RecipeError(f"invalid recipe:\n  {src.locate(('envs', 'tasks', str(i)))}: envs.tasks.{i}: {e}") from None
-
-
 def _validate(data: dict[str, Any], src: Source) -> Recipe:
+    """The schema, then every registry-backed name (recipe_names.py)."""
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         lines = [_explain(err, src) for err in e.errors()]
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None
-    _check_tasks(recipe, src)
+    lines = check_names(recipe, src)
+    if lines:
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines))
     return recipe
 
 
@@ -215,25 +317,50 @@ def stage_recipe(recipe: Recipe, index: int, src: Source | None = None) -> Recip
     return _validate(data, _stage_source(src or Source(), index))
 
 
-def validate(data: dict[str, Any], src: Source) -> Recipe:
+# Blocks that apply to the whole run: the cluster is started once, metrics go to one logger, the run folder
+# has one name. A stage's `set:` changing them would be accepted and ignored, so it is refused.
+RUN_ONLY_KEYS = ("stages", "ray", "logging", "name")
+
+
+def _validate_stages(data: dict[str, Any], src: Source) -> tuple[Recipe, list[View]]:
     recipe = _validate(data, src)
+    views: list[View] = []
     for i, stage in enumerate(recipe.stages):
-        if "stages" in stage.set:
-            raise RecipeError(f"{src.locate(('stages', str(i), 'set', 'stages'))}: stages.{i}.set: a stage cannot set 'stages'")
+        for key in RUN_ONLY_KEYS:
+            if key in stage.set:
+                raise RecipeError(f"{src.locate(('stages', str(i), 'set', key))}: stages.{i}.set.{key}: a stage cannot "
+                                  f"set '{key}': it applies to the whole run (set it at the top level)")
         try:
-            stage_recipe(recipe, i, src)  # errors in a stage's `set:` surface now, with their lines
+            srecipe = stage_recipe(recipe, i, src)  # errors in a stage's `set:` surface now, with their lines
         except RecipeError as e:
             msg = str(e).replace("invalid recipe:", f"invalid recipe (stage '{stage.name}', stages.{i}.set):", 1)
             raise RecipeError(msg) from None
-    return recipe
+        views.append(View(i, stage, srecipe, _stage_source(src, i) if stage.set else src))
+    return recipe, views
 
 
-def load_recipe(file: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def validate(data: dict[str, Any], src: Source) -> Recipe:
+    """The schema and the registry names, at the top level and in every stage (no machine-dependent rules)."""
+    return _validate_stages(data, src)[0]
+
+
+def check_recipe(file: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, list[str]]:
+    """Load and check a recipe completely (``vlaforge recipe check``): -> (recipe, notes on skipped checks).
+    Raises RecipeError listing every broken cross-field rule, each with file, line, key, value and expectation."""
     src = Source()
     data = _load_with_bases(Path(file), src)
     for o in overrides:
         apply_override(data, o, src)
-    return validate(data, src)
+    recipe, views = _validate_stages(data, src)
+    lines, notes = check_rules(views, recipe)
+    if lines:
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines))
+    return recipe, notes
+
+
+def load_recipe(file: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """``check_recipe`` without the notes: what ``train`` and ``demos`` run before any work."""
+    return check_recipe(file, overrides)[0]
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -34,9 +34,28 @@ StageFn = Callable[[StageContext, StageConfig, Recipe, Path, "Path | None"], Pat
 STAGES: dict[str, StageFn] = {}
 
 
-def register_stage(kind: str):
+@dataclass(frozen=True)
+class StageKind:
+    """What `recipe check` needs to know of a stage kind, declared where it is registered (one registration)."""
+
+    # train.objective values the stage runs; the first is its default (replaces the recipe's "bc" in an RL
+    # stage). Empty: the stage builds no DeepSpeed learners from the train block.
+    objectives: tuple[str, ...] = ()
+    needs_policy: bool = False  # it fine-tunes / passes on a starting policy (no start from scratch)
+    # Components the stage starts at the same time, phase after phase (CPU check): "demos" (demo workers),
+    # "learners" (train.num_learners ranks), "rollout" (rollout.num_actors actors).
+    phases: tuple[tuple[str, ...], ...] = ()
+    reward_model: str | None = None  # "uses": RL reward from reward_model.* when enabled; "makes": trains one
+    grouped: bool = False  # its objectives compare G rollouts per initial state (rollout.group_size, train.grpo)
+
+
+STAGE_KINDS: dict[str, StageKind] = {}
+
+
+def register_stage(kind: str, **meta):
     def deco(fn: StageFn) -> StageFn:
         STAGES[kind] = fn
+        STAGE_KINDS[kind] = StageKind(**meta)
         return fn
 
     return deco
@@ -87,7 +106,7 @@ def dataset_for(ctx: StageContext, recipe: Recipe) -> Path:
     return ctx.cache[key]
 
 
-@register_stage("bc")
+@register_stage("bc", objectives=("bc",), phases=(("demos",), ("learners",)))
 def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
     """Behaviour cloning on N DeepSpeed ranks with periodic atomic checkpoints; resumable."""
     from tqdm import tqdm
@@ -132,8 +151,8 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
 
 def _rl_train_config(recipe: Recipe, stage: StageConfig):
     t = recipe.train
-    if t.objective == "bc":  # the stage kind names the objective unless the stage's `set:` chose one
-        t = t.model_copy(update={"objective": stage.kind})
+    if t.objective == "bc":  # the stage kind's default objective unless the stage's `set:` chose one
+        t = t.model_copy(update={"objective": STAGE_KINDS[stage.kind].objectives[0]})
     return t
 
 
@@ -207,8 +226,9 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         learners.shutdown()
 
 
-for _kind in ("ppo", "grpo"):
-    register_stage(_kind)(run_rl)
+_RL = dict(needs_policy=True, phases=(("learners", "rollout"),), reward_model="uses")
+register_stage("ppo", objectives=("ppo",), **_RL)(run_rl)
+register_stage("grpo", objectives=("grpo", "rloo"), grouped=True, **_RL)(run_rl)
 
 
 def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
@@ -249,7 +269,7 @@ def make_reward_hook(ctx: StageContext, recipe: Recipe):
     return hook
 
 
-@register_stage("reward_model")
+@register_stage("reward_model", needs_policy=True, phases=(("demos",), ("rollout",)), reward_model="makes")
 def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
     """Train the reward model on labeled demonstrations and on the starting policy's own rollouts (its
     successes and failures, labeled by the simulator), report held-out accuracy, save it beside the stage.

@@ -1,11 +1,15 @@
 """The VLA model layer: processors, backbones, heads, the policy, checkpoint IO and the rollout runner.
 
 Knows no runtime, objective or simulator: inputs and outputs are TensorDicts with keys from vlaforge.keys.
+Names load on first use (PEP 562): the recipe schema imports ``vlaforge.policies.config``, and
+`vlaforge recipe check` should not pay for torch. The registries fill themselves (registry.py).
 """
 
+from __future__ import annotations
+
+import importlib
+
 from vlaforge.policies.config import PolicyConfig
-from vlaforge.policies.io import load_pretrained, save_pretrained
-from vlaforge.policies.processor import VLAProcessor
 from vlaforge.policies.registry import (
     HEAD_REGISTRY,
     LANGUAGE_REGISTRY,
@@ -16,10 +20,24 @@ from vlaforge.policies.registry import (
     register_policy,
     register_vision,
 )
-from vlaforge.policies.runner import PolicyRunner
-from vlaforge.policies.spec import PolicySpec
-from vlaforge.policies.tokenizer import HashedTokenizer
-from vlaforge.policies.vla import VLAPolicy, build_policy
+
+_LAZY: dict[str, str] = {
+    "load_pretrained": "vlaforge.policies.io",
+    "save_pretrained": "vlaforge.policies.io",
+    "VLAProcessor": "vlaforge.policies.processor",
+    "PolicyRunner": "vlaforge.policies.runner",
+    "PolicySpec": "vlaforge.policies.spec",
+    "HashedTokenizer": "vlaforge.policies.tokenizer",
+    "VLAPolicy": "vlaforge.policies.vla",
+    "build_policy": "vlaforge.policies.vla",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vlaforge.policies' has no attribute {name!r}")
+
 
 __all__ = [
     "HEAD_REGISTRY",

@@ -115,7 +115,8 @@ class PolicyConfig(StrictModel):
     # (Meta-World: [-1, 1]), so clipping to [-1, 1] in the normalised space is clipping to the data range,
     # the Gaussian's std means the same on every dimension, and saturated dims (gripper +-1) stay at +-1
     # instead of being blown up by a small std. "mean_std" suits unbounded, heavy-centred actions.
-    action_norm: Literal["min_max", "mean_std"] = "min_max"
+    # A key of vlaforge.policies.registry.NORMALIZER_REGISTRY (checked by the recipe loader).
+    action_norm: str = "min_max"
     state_std_min: float = Field(1e-2, gt=0.0)  # clamp for constant state dims (std 0 would divide by 0)
     vision: VisionConfig = Field(default_factory=VisionConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)

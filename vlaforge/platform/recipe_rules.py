@@ -1,0 +1,302 @@
+"""Cross-field rules of a recipe, checked at load time (``vlaforge recipe check`` and the start of ``train``).
+
+Field-level limits live in the config models; what needs two blocks at once lives here: batch vs learner
+ranks, CPUs needed vs the cluster, stage kinds vs objectives, chunk sizes vs episode lengths, rollout
+horizons vs group scoring, seeds, paths. Every rule runs on each stage AS IT WILL RUN (its ``set:`` merged
+over the top level), so an error points at the line that set the value -- in a ``set:`` block or not.
+
+A rule is a function ``(view, ctx) -> [(key path, value, what is expected)]`` registered with ``@rule``;
+what a stage kind starts, needs and runs comes from its registration (``platform/stages.py`` StageKind),
+so a new stage kind is checked without an edit here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlaforge.platform.config import Recipe, StageConfig
+from vlaforge.platform.recipe_names import problem
+from vlaforge.platform.stages import STAGE_KINDS, StageKind
+
+Path_ = tuple[str, ...]
+Finding = tuple[Path_, object, str]  # (key path, value, what is wrong and what is expected)
+
+
+@dataclass
+class View:
+    """One stage as it will run."""
+
+    index: int
+    stage: StageConfig
+    recipe: Recipe  # the stage's recipe: its `set:` merged over the top level
+    src: object  # recipe.Source with the stage's locations (keys set in `set:` point there)
+
+    @property
+    def kind(self) -> StageKind:
+        return STAGE_KINDS.get(self.stage.kind, StageKind())  # unknown kinds are reported by recipe_names
+
+
+@dataclass
+class Context:
+    views: list[View]
+    cpus: float | None  # CPUs of the cluster the run starts; None: an existing cluster (not known here)
+    local: bool  # the driver runs here and reads the recipe's paths (ray.address is null)
+    notes: list[str] = field(default_factory=list)
+
+
+Rule = Callable[[View, Context], Iterable[Finding]]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def _objective(v: View) -> str:
+    """The objective the stage runs: its default replaces the recipe's "bc" (stages._rl_train_config)."""
+    obj, allowed = v.recipe.train.objective, v.kind.objectives
+    return allowed[0] if obj == "bc" and allowed and "bc" not in allowed else obj
+
+
+# -- stages, objectives, learners ---------------------------------------------------------------------------
+@rule
+def stage_runs_objective(v: View, ctx: Context):
+    allowed = v.kind.objectives
+    obj = _objective(v)
+    if allowed and obj not in allowed:  # (an unknown name was refused before the rules run: recipe_names)
+        other = [k for k, m in STAGE_KINDS.items() if obj in m.objectives]
+        hint = f"; objective {obj!r} runs in a stage of kind {' or '.join(other)}" if other else ""
+        yield (("train", "objective"), v.recipe.train.objective,
+               f"a stage of kind {v.stage.kind!r} runs train.objective {' or '.join(map(repr, allowed))}{hint}")
+
+
+@rule
+def batch_splits_over_ranks(v: View, ctx: Context):
+    if not v.kind.objectives:
+        return
+    t = v.recipe.train
+    b, n = t.batch_size, t.num_learners
+    if b % n:
+        yield (("train", "batch_size"), b,
+               f"must be a multiple of train.num_learners ({n}): DeepSpeed splits the global batch into one equal "
+               f"micro batch per rank (train_batch_size = micro batch x ranks, no gradient accumulation); "
+               f"try {n * max(1, round(b / n))}")
+
+
+@rule
+def rollout_rows_per_rank(v: View, ctx: Context):
+    if not any("learners" in p and "rollout" in p for p in v.kind.phases):
+        return
+    r, n = v.recipe.rollout, v.recipe.train.num_learners
+    rows = r.num_actors * r.envs_per_actor
+    if rows < n:
+        yield (("rollout", "num_actors"), r.num_actors,
+               f"rollout.num_actors x rollout.envs_per_actor = {rows} rollout rows per update cannot be split over "
+               f"train.num_learners ({n}) ranks: every rank trains on its share of the rows; sample >= {n} rows")
+
+
+@rule
+def group_relative_objectives(v: View, ctx: Context):
+    """A grouped stage's objectives (grpo, rloo) compare G rollouts of one initial state and score each row's
+    first episode (StageKind.grouped)."""
+    if not v.kind.grouped:
+        return
+    name = _objective(v)
+    r, g = v.recipe.rollout, v.recipe.train.grpo
+    need = max(2, g.min_group_size)
+    if r.group_size < need:
+        yield (("rollout", "group_size"), r.group_size,
+               f"objective {name!r} needs G >= train.grpo.min_group_size ({g.min_group_size}, at least 2) rollouts "
+               f"per initial state: set rollout.group_size >= {need} (rollout.envs_per_actor a multiple of it)")
+    k, m = v.recipe.policy.n_action_steps, v.recipe.envs.max_episode_steps
+    if r.steps_per_sample * k < m:
+        yield (("rollout", "steps_per_sample"), r.steps_per_sample,
+               f"objective {name!r} scores each row's first episode and every sample call starts fresh episodes: "
+               f"steps_per_sample x policy.n_action_steps = {r.steps_per_sample * k} env steps would cut episodes "
+               f"of envs.max_episode_steps = {m} short; use steps_per_sample >= {math.ceil(m / k)}")
+
+
+# -- chunks, episodes, rollouts ---------------------------------------------------------------------------
+@rule
+def chunk_fits_episode(v: View, ctx: Context):
+    c, m = v.recipe.policy.chunk_size, v.recipe.envs.max_episode_steps
+    if c > m:
+        yield (("policy", "chunk_size"), c,
+               f"cannot exceed envs.max_episode_steps ({m}): a chunk longer than an episode predicts actions that "
+               f"never run (and policy.n_action_steps <= chunk_size <= max_episode_steps)")
+
+
+@rule
+def broadcast_is_wired(v: View, ctx: Context):
+    b = v.recipe.rollout.broadcast
+    if b != "object_store" and any("rollout" in p for p in v.kind.phases):
+        yield (("rollout", "broadcast"), b,
+               f"the {v.stage.kind} stage sends weights to its rollout actors through the Ray object store only: "
+               f"rollout.broadcast {b!r} is not wired into the stages yet (the stage never forms the weight "
+               f"group); use 'object_store'")
+
+
+def _task_count(r: Recipe) -> int | None:
+    """Tasks after benchmark expansion, counted without importing Meta-World (MT10 -> 10); None if unknown."""
+    if r.envs.backend != "metaworld":
+        return None
+    from vlaforge.envs.tasks import BENCHMARKS
+
+    return sum(int(t.upper()[2:]) if t.upper() in BENCHMARKS else 1 for t in r.envs.tasks)
+
+
+@rule
+def warp_actors_cover_tasks(v: View, ctx: Context):
+    """MuJoCo-Warp renders one scene per env, so each rollout actor runs ONE task (actors/rollout.py
+    actor_tasks): with fewer actors than tasks, some tasks would never be trained on."""
+    r = v.recipe
+    n = _task_count(r)
+    if r.envs.render_backend == "warp" and n and any("rollout" in p for p in v.kind.phases) and r.rollout.num_actors < n:
+        yield (("rollout", "num_actors"), r.rollout.num_actors,
+               f"with envs.render_backend 'warp' every rollout actor runs one task: {n} tasks need rollout.num_actors "
+               f">= {n} (or use render_backend 'plain')")
+
+
+# -- what a stage needs from the stages before it --------------------------------------------------------------
+@rule
+def starting_policy(v: View, ctx: Context):
+    if not v.kind.needs_policy:
+        return
+    init, i = v.stage.init, v.index
+    if init == "scratch":
+        yield (("stages", str(i), "init"), init,
+               f"a {v.stage.kind} stage needs a policy to start from: 'previous' after a bc stage, or a path")
+    elif init == "previous" and i == 0:
+        yield (("stages", str(i), "kind"), v.stage.kind,
+               f"a {v.stage.kind} stage needs a policy to start from, and the first stage has none: put a bc stage "
+               f"before it or set stages.{i}.init to an exported policy / checkpoint / run folder")
+
+
+@rule
+def reward_model_available(v: View, ctx: Context):
+    rm = v.recipe.reward_model
+    if v.kind.reward_model != "uses" or not rm.enabled or rm.model_dir:
+        return
+    if not any(STAGE_KINDS.get(w.stage.kind, StageKind()).reward_model == "makes" for w in ctx.views[: v.index]):
+        yield (("reward_model", "enabled"), True,
+               f"stage '{v.stage.name}' scores its rollouts with a reward model but none is given: set "
+               f"reward_model.model_dir or put a reward_model stage before it")
+
+
+# -- instructions and seeds ------------------------------------------------------------------------------
+@rule
+def heldout_instructions(v: View, ctx: Context):
+    e = v.recipe.envs
+    for path, split in ((("envs", "instructions"), e.instructions), (("eval", "instructions"), v.recipe.eval.instructions)):
+        if split == "heldout" and e.heldout_paraphrases == 0:
+            yield (path, split, "'heldout' needs envs.heldout_paraphrases >= 1 (0 holds no paraphrase out)")
+    if e.backend == "metaworld":
+        from vlaforge.envs.instructions import ALL_TASKS, paraphrases
+
+        most = min(len(paraphrases(t)) for t in ALL_TASKS) - 1  # keep >= 1 paraphrase for training
+        if e.heldout_paraphrases > most:
+            yield (("envs", "heldout_paraphrases"), e.heldout_paraphrases,
+                   f"at most {most}: every Meta-World task has {most + 1} paraphrases and training needs one")
+
+
+@rule
+def eval_seeds_unseen(v: View, ctx: Context):
+    r = v.recipe
+    if r.data.path or not r.eval.enabled:
+        return
+    d, ev = r.demos, r.eval
+    lo, hi = d.seed, d.seed + d.max_attempts_factor * d.episodes_per_task  # demo reset seeds [lo, hi)
+    if ev.seed_offset < hi and lo < ev.seed_offset + ev.episodes_per_task:
+        yield (("eval", "seed_offset"), ev.seed_offset,
+               f"evaluation seeds [{ev.seed_offset}, {ev.seed_offset + ev.episodes_per_task}) overlap the demo seeds "
+               f"[{lo}, {hi}) (demos.seed + max_attempts_factor x episodes_per_task): evaluation would replay "
+               f"training initial states; use eval.seed_offset >= {hi}")
+
+
+# -- the machine: paths and CPUs ---------------------------------------------------------------------------
+@rule
+def paths_exist(v: View, ctx: Context):
+    if not ctx.local:
+        return
+    r = v.recipe
+    if r.data.path and not (Path(r.data.path).expanduser() / "meta" / "info.json").is_file():
+        yield (("data", "path"), r.data.path, "a LeRobot v3 dataset folder (with meta/info.json)")
+    if v.stage.init not in ("previous", "scratch") and not Path(v.stage.init).expanduser().exists():
+        yield (("stages", str(v.index), "init"), v.stage.init,
+               "'previous', 'scratch' or an existing policy / checkpoint / run folder")
+    rm = r.reward_model
+    if rm.model_dir and (rm.enabled or v.kind.reward_model) and not Path(rm.model_dir).expanduser().is_dir():
+        yield (("reward_model", "model_dir"), rm.model_dir, "an existing reward model folder (save_reward_model)")
+
+
+def _components(r: Recipe) -> dict[str, list[tuple[Path_, int, float]]]:
+    """component -> [(key path of the count, count, CPUs each)] (Ray resources as the stages request them)."""
+    return {
+        "demos": [] if r.data.path else [(("demos", "num_workers"), r.demos.num_workers, 1.0)],  # data/demos.py
+        "learners": [(("train", "num_learners"), r.train.num_learners, r.train.cpus_per_learner)],
+        "rollout": [(("rollout", "num_actors"), r.rollout.num_actors, r.rollout.cpus_per_actor)],
+        "eval": [(("eval", "num_workers"), r.eval.num_workers, 1.0)],  # platform/evaluation.py
+    }
+
+
+@rule
+def cpus_fit_cluster(v: View, ctx: Context):
+    """Actors that do not fit wait for CPUs that never free up (a hang), or a placement group times out."""
+    if ctx.cpus is None:
+        return
+    r, parts = v.recipe, _components(v.recipe)
+    phases = list(v.kind.phases)
+    if r.eval.enabled and (v.stage.eval_end or v.stage.eval_start):
+        phases.append(("eval",))
+    for phase in phases:
+        items = [it for c in phase for it in parts.get(c, [])]
+        need = sum(n * c for _, n, c in items)
+        if need > ctx.cpus + 1e-9:
+            # point at a count the recipe sets (largest first), else at ray.num_cpus or the stage itself
+            explicit = [it for it in items if it[0] in v.src.where]
+            path, n, _ = max(explicit or items, key=lambda it: it[1] * it[2])
+            if not explicit:
+                path, n = (("ray", "num_cpus"), r.ray.num_cpus) if ("ray", "num_cpus") in v.src.where else \
+                    (("stages", str(v.index)), v.stage.name)
+            what = " + ".join(f"{'.'.join(p)} ({k}) x {c:g} CPU" for p, k, c in items)
+            have = (f"ray.num_cpus = {r.ray.num_cpus:g}" if r.ray.num_cpus else f"the {ctx.cpus:g} CPUs of this machine "
+                    "(ray.num_cpus: null)")
+            yield (path, n, f"stage '{v.stage.name}' starts {what} = {need:g} CPUs at once, more than the embedded Ray "
+                            f"cluster has ({have}): lower these counts or raise ray.num_cpus")
+
+
+def machine_cpus() -> float:
+    """CPUs an embedded Ray cluster detects here: the CPU count, or the container's cgroup quota (as Ray does)."""
+    n = float(os.cpu_count() or 1)
+    try:  # cgroup v2: "<quota> <period>" or "max <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1.0, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def check_rules(views: list[View], recipe: Recipe) -> tuple[list[str], list[str]]:
+    """Run every rule on every stage -> (error lines, notes). A problem seen by several stages is one line."""
+    local = recipe.ray.address is None
+    cpus = (float(recipe.ray.num_cpus) if recipe.ray.num_cpus else machine_cpus()) if local else None
+    ctx = Context(views, cpus, local)
+    if not local:
+        ctx.notes.append(f"ray.address is {recipe.ray.address!r} (an existing cluster): its CPUs and files are not "
+                         "known here, so the CPU and path checks were skipped")
+    found: dict[str, list[str]] = {}
+    for v in views:
+        for fn in RULES:
+            for path, value, msg in fn(v, ctx):
+                found.setdefault(problem(v.src, path, value, msg), []).append(v.stage.name)
+    lines = []
+    for msg, stages in found.items():
+        label = f" [stage{'s' if len(stages) > 1 else ''} {', '.join(dict.fromkeys(stages))}]"
+        lines.append(msg + (label if len(views) > 1 else ""))
+    return lines, ctx.notes
