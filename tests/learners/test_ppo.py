@@ -158,3 +158,12 @@ def test_shape_guards_explain_the_fix(policy):
                              PolicySpec(image_shape=(1, 16, 16, 3), state_dim=2, action_dim=A))
     with pytest.raises(ValueError, match="value_head"):
         build_objective("ppo", TrainConfig(objective="ppo"), no_critic)
+
+
+def test_k3_kl_is_bounded_per_sample(policy):
+    """A chain log-prob can move tens of nats in one step: exp() of that must not swamp the loss."""
+    td = batch(policy)
+    lp = td.get(keys.LOG_PROB)
+    td.set(keys.REF_LOG_PROB, lp + torch.tensor([30.0, 0.0] * (B // 2)))  # reference far more likely on half
+    out = ChunkClipLoss(policy, PPOConfig(kl_coef=0.1, kl_estimator="k3"))(td)
+    assert float(out["kl_ref"]) == pytest.approx(10.0 / 2, rel=1e-5)  # clamped at 10 on half, 0 on the rest

@@ -23,6 +23,7 @@ HEADS = {  # name -> policy.head override (small settings: tests run on 2 shared
     "tokens_bins": {"type": "tokens", "tokens": {"tokenizer": "bins", "num_bins": 32}},
     "tokens_dct": {"type": "tokens", "tokens": {"tokenizer": "dct", "dct_keep": 3, "dct_scale": 8.0}},
     "diffusion": {"type": "diffusion", "diffusion": {"train_steps": 20, "inference_steps": 3}},
+    "diffusion_eps": {"type": "diffusion", "diffusion": {"train_steps": 20, "inference_steps": 3, "prediction": "epsilon"}},
     "flow": {"type": "flow", "flow": {"inference_steps": 3}},
 }
 

@@ -37,6 +37,7 @@ from vlaforge.learners.config import ClipObjectiveConfig, PPOConfig, TrainConfig
 from vlaforge.learners.registry import register_objective
 
 _MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps ratios finite (a chunk log-prob sums K x A dims)
+_MAX_K3 = 10.0  # per-sample bound of the k3 KL estimate (verl's low_var_kl clamps at 10 as well)
 
 
 @dataclass
@@ -149,7 +150,10 @@ class ChunkClipLoss(nn.Module):
             return head.analytic_kl(td, ref, pad)
         ref_lp = _need(td, keys.REF_LOG_PROB, (b,), hint).float()
         log_r = (ref_lp - new_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # log p_ref / p at the sampled chunk
-        return torch.exp(log_r) - 1.0 - log_r  # k3 >= 0, unbiased for KL(pi || ref) under pi's samples
+        k3 = torch.exp(log_r) - 1.0 - log_r  # >= 0, unbiased for KL(pi || ref) under pi's samples
+        # Bounded as verl's low_var_kl: a chain log-prob (diffusion / flow: S x K x A Gaussian terms) can move
+        # tens of nats in one step, and exp() of that would let one sample's KL term swamp the whole gradient.
+        return k3.clamp(max=_MAX_K3)
 
     def _critic(self, td: TensorDictBase, b: int) -> dict[str, torch.Tensor]:
         hint = "PPO needs the policy built with value_head=True and the objective's prepare() targets"

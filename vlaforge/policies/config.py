@@ -54,6 +54,11 @@ class DiffusionHeadConfig(StrictModel):
     RL treats the denoising chain as an MDP of Gaussian steps (DPPO)."""
 
     train_steps: int = Field(100, ge=2)  # DDPM timesteps of the training noise schedule
+    # What the denoiser predicts: "sample" = the clean chunk x_0 (Diffusion Policy's "sample" option), or
+    # "epsilon" = the noise (DDPM). Default "sample" for RL: with epsilon the DDIM mean holds
+    # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), which multiplies the network's error by 1/sqrt(abar) (~2000 at
+    # the first of 5 cosine steps), so the chain log-prob, the PPO ratio and the k3 KL explode after one step.
+    prediction: Literal["sample", "epsilon"] = "sample"
     inference_steps: int = Field(5, ge=1)  # DDIM steps at sampling time (= RL chain length S)
     schedule: Literal["cosine", "linear"] = "cosine"  # beta schedule: squaredcos_cap_v2 (Nichol & Dhariwal) / linear
     beta_start: float = Field(1e-4, gt=0.0)  # linear schedule only

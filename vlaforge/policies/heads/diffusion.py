@@ -1,9 +1,11 @@
 """``diffusion``: DDPM over the (K, A) chunk (Diffusion Policy), DDIM sampling, DPPO log-probs for RL.
 
     BC       t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps;
-             loss_diffusion = masked MSE(eps_theta(x_t, t | readout), eps)          (noise prediction)
+             loss_diffusion = masked MSE(f_theta(x_t, t | readout), x_0)  (prediction "sample", the default)
+                           or masked MSE(f_theta(x_t, t | readout), eps)  (prediction "epsilon", DDPM)
     sample   S DDIM steps t_S > ... > t_1 (evenly spaced over the T training steps), from x_T ~ N(0, I):
-             x0_hat = clip((x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t))
+             x0_hat = clip(f_theta)  or  clip((x_t - sqrt(1 - abar_t) f_theta) / sqrt(abar_t))  (epsilon)
+             eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)
              mu_t   = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_eta^2) eps_hat
              x_prev = mu_t + std_t z,  std_t = max(sigma_eta, min_std) (rollouts) or 0 (deterministic)
     RL       the chain x_T .. x_0 is an MDP of Gaussian steps (DPPO, Ren et al. 2024): log pi(chain) =
@@ -60,6 +62,7 @@ class DiffusionHead(ActionHead):
         self.net = ChunkDenoiser(cfg.dim, cfg.heads, dc.layers, action_dim, cfg.dropout)
         self.train_steps, self.steps = dc.train_steps, dc.inference_steps
         self.clip, self.eta, self.min_std = dc.clip_sample, dc.eta, dc.min_std
+        self.predict_sample = dc.prediction == "sample"
         abar = torch.cumprod(1.0 - betas_for(dc.schedule, dc.train_steps, dc.beta_start, dc.beta_end), 0)
         self.register_buffer("abar", abar.float(), persistent=False)  # (T,)
         ts = torch.linspace(dc.train_steps - 1, 0, dc.inference_steps).round().long()  # (S,) t_S .. t_1
@@ -88,7 +91,7 @@ class DiffusionHead(ActionHead):
         x_t = a.sqrt() * target + (1 - a).sqrt() * eps
         pred = self.net(x_t, t.float() / (self.train_steps - 1), features)
         denom = (valid.sum() * target.shape[-1]).clamp_min(1.0)
-        loss = ((pred - eps).pow(2).sum(-1) * valid).sum() / denom
+        loss = ((pred - (target if self.predict_sample else eps)).pow(2).sum(-1) * valid).sum() / denom
         return TensorDict({"loss_diffusion": loss, "valid_frac": valid.mean()}, batch_size=[])
 
     def sample(self, out: TensorDictBase, deterministic: bool = False,
@@ -131,11 +134,12 @@ class DiffusionHead(ActionHead):
     def _mean_batched(self, s_idx: torch.Tensor, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """_mean for a batch whose rows belong to different steps s_idx (N,)."""
         t = self.ts[s_idx].float() / (self.train_steps - 1)
-        eps = self.net(x, t, features)
+        pred = self.net(x, t, features)
         a_t, a_prev = self.abar_t[s_idx].view(-1, 1, 1), self.abar_prev[s_idx].view(-1, 1, 1)
         sig = self.sigma_eta[s_idx].view(-1, 1, 1)
         x = x.float()
-        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-self.clip, self.clip)
+        x0 = pred if self.predict_sample else (x - (1 - a_t).sqrt() * pred) / a_t.sqrt()
+        x0 = x0.clamp(-self.clip, self.clip)
         eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         return a_prev.sqrt() * x0 + (1 - a_prev - sig**2).clamp_min(0).sqrt() * eps
 
