@@ -1,7 +1,9 @@
 """The family table (markdown) from notes/family/<head>-s<seed>.json and latency-<head>.json.
 
-Success: per-seed means and a 95% Wilson interval over the pooled episodes of all seeds (same fixed initial
-states per seed: 10 per task x 2 tasks); samples/s: median of the BC stage's logged rates, mean over seeds.
+Success: the pooled rate and a 95% Wilson interval over the episodes of all seeds (the same fixed initial
+states per seed: 10 per task x 2 tasks), then the per-seed rates. BC samples/s: bc_throughput.json (one
+thread, batch 64, heads timed round-robin); the in-run rates (2 DeepSpeed ranks) moved with the machine's
+load (other jobs) by 3x between runs, so they are listed per run in <head>-s<seed>.json only.
     python notes/family/table.py > notes/family/table.md
 """
 
@@ -35,23 +37,26 @@ def cell(rates: list[float]) -> str:
 
 
 def main() -> None:
-    print("| head | seeds | BC success | after PPO | params | latency / action, batch 1 | BC samples/s |")
-    print("|---|---|---|---|---|---|---|")
+    tp_file = HERE / "bc_throughput.json"
+    tp = json.loads(tp_file.read_text())["samples_per_s"] if tp_file.exists() else {}
+    print("| head | seeds | BC success | after PPO (same budget) | params | latency per action, batch 1 "
+          "(per chunk) | head decode / chunk | BC samples/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for h in HEADS:
         runs = [json.loads(p.read_text()) for p in sorted(HERE.glob(f"{h}-s*.json"))]
         lat_file = HERE / f"latency-{h}.json"
         lat = json.loads(lat_file.read_text()) if lat_file.exists() else None
         bc = [r["bc_success"] for r in runs if r.get("bc_success") is not None]
         ppo = [r["ppo_success"] for r in runs if r.get("ppo_success") is not None]
-        sps = [r["bc_samples_per_s"] for r in runs if r.get("bc_samples_per_s")]
         params = f"{lat['params'] / 1e6:.2f}M" if lat else "--"
         if lat:
             r1 = lat["results"][0]
-            latency = f"{r1['plan_ms_per_action']:.1f} ms ({r1['plan']['median_ms']:.1f} ms / chunk of {lat['config']['n_action_steps']})"
+            latency = f"{r1['plan_ms_per_action']:.1f} ms ({r1['plan']['median_ms']:.1f} ms)"
+            decode = f"{r1['head_sample']['median_ms']:.1f} ms"
         else:
-            latency = "--"
-        rate = f"{sum(sps) / len(sps):.0f}" if sps else "--"
-        print(f"| {h} | {len(runs)} | {cell(bc)} | {cell(ppo)} | {params} | {latency} | {rate} |")
+            latency = decode = "--"
+        rate = f"{tp[h]:.0f}" if h in tp else "--"
+        print(f"| {h} | {len(runs)} | {cell(bc)} | {cell(ppo)} | {params} | {latency} | {decode} | {rate} |")
 
 
 if __name__ == "__main__":
