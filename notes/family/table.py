@@ -59,5 +59,21 @@ def main() -> None:
         print(f"| {h} | {len(runs)} | {cell(bc)} | {cell(ppo)} | {params} | {latency} | {decode} | {rate} |")
 
 
+def per_task() -> None:
+    """Pooled success per task (10 episodes per task and seed)."""
+    print()
+    print("| head | reach-v3 BC | reach-v3 after PPO | button-press-topdown-v3 BC | button-press-topdown-v3 after PPO |")
+    print("|---|---|---|---|---|")
+    for h in HEADS:
+        runs = [json.loads(p.read_text()) for p in sorted(HERE.glob(f"{h}-s*.json"))]
+        cells = []
+        for task in ("reach-v3", "button-press-topdown-v3"):
+            for k in ("ppo_start_per_task", "ppo_per_task"):
+                rates = [r[k][task] for r in runs if task in r.get(k, {})]
+                cells.append(" / ".join(f"{x:.0%}" for x in rates) if rates else "--")
+        print(f"| {h} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     main()
+    per_task()
