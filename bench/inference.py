@@ -6,22 +6,32 @@ i.e. one re-plan of PolicyRunner), and the effective action rate with chunking:
 actions/s = n_action_steps / forward time (per env; x batch for the whole batch), and the same with the
 plan time. Prints JSON. Timings on shared cores are noisy: compare medians of repeated runs.
 
-    python bench/inference.py [--quick] [--vision cnn|efficientnet_lite0] [--batch 1 8]
-        [--head gaussian|tokens|diffusion|flow]   (head sample = one chunk from the readout: the AR decoding
-                                                  or the denoising steps; plan_ms_per_action = plan / n)
+    python bench/inference.py [--quick] [--backbone default|pretrained-lite|hf-tiny|hf-smolvlm-shape|hf]
+                              [--vlm-path DIR] [--vlm-layers N] [--vision cnn|efficientnet_lite0] [--batch 1 8]
+                              [--head gaussian|tokens|diffusion|flow]
+
+Backbones: see bench/backbones.py (default, pretrained-lite, hf-tiny, hf-smolvlm-shape, hf + --vlm-path).
+Heads: head_sample = one chunk from the readout (the autoregressive decoding or the denoising steps);
+plan_ms_per_action = plan / n_action_steps (latency per executed action with chunking).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import shutil
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from tensordict import NonTensorStack, TensorDict
 
+from backbones import NAMES, backbone_config  # bench/backbones.py (the script's folder is on sys.path)
 from vlaforge import keys
 from vlaforge.policies import PolicyConfig, PolicyRunner, PolicySpec, VLAProcessor, build_policy
 
@@ -38,16 +48,20 @@ def _obs(b: int, spec: PolicySpec) -> TensorDict:
 def _time(fn, iters: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
-    ms = []
+    ms, cpu_ms = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ms.append((time.perf_counter() - t0) * 1e3)
+        cpu_ms.append((time.process_time() - c0) * 1e3)
     ms.sort()
     return {
         "median_ms": round(statistics.median(ms), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
         "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3),
+        # CPU time of this (one-thread) process: what the call costs on an idle core, robust when the
+        # machine's cores are shared (wall time then includes waiting for a core).
+        "median_cpu_ms": round(statistics.median(cpu_ms), 3),
         "iters": iters,
     }
 
@@ -88,35 +102,49 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
         "actions_per_s_total": round(batch * n_steps / fwd_s, 1),
         # the same with the processor, sampling and the runner's bookkeeping included
         "actions_per_s_total_incl_processing": round(batch * n_steps / plan_s, 1),
+        # the same two rates from CPU time (see _time): the figures to compare on a shared machine
+        "actions_per_s_per_env_cpu": round(n_steps * 1e3 / forward_t["median_cpu_ms"], 1),
+        "actions_per_s_total_incl_processing_cpu": round(batch * n_steps * 1e3 / plan_t["median_cpu_ms"], 1),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
-    ap.add_argument("--vision", default="cnn", help="vision backbone type (cnn, efficientnet_lite0)")
+    ap.add_argument("--backbone", default="default", choices=NAMES)
+    ap.add_argument("--vlm-path", default=None, help="--backbone hf: local folder of a VLM (config, weights, processor)")
+    ap.add_argument("--vlm-layers", type=int, default=None, help="hf backbones: policy.backbone.num_layers")
+    ap.add_argument("--vision", default="cnn", help="default backbone: vision type (cnn, efficientnet_lite0)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 200; --quick 10)")
     ap.add_argument("--head", default="gaussian", help="action head type (gaussian, tokens, diffusion, flow)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = PolicyConfig(vision={"type": args.vision}, head={"type": args.head})
+    tmp = Path(tempfile.mkdtemp(prefix="vlaforge-bench-"))
+    with contextlib.redirect_stdout(sys.stderr):
+        cfg = PolicyConfig(**backbone_config(args.backbone, tmp, args.vision, args.vlm_path, args.vlm_layers))
+    cfg = cfg.model_copy(update={"head": cfg.head.model_copy(update={"type": args.head})})
     spec = PolicySpec(image_shape=(1, 64, 64, 3), state_dim=39, action_dim=4)
     stats = {
         "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39},
         "action": {"min": [-1.0] * 4, "max": [1.0] * 4, "mean": [0.0] * 4, "std": [1.0] * 4},
     }
-    proc = VLAProcessor.from_stats(cfg, stats)
-    policy = build_policy(cfg, spec).eval()
+    with contextlib.redirect_stdout(sys.stderr):  # library load reports / warnings: keep stdout pure JSON
+        proc = VLAProcessor.from_stats(cfg, stats)
+        policy = build_policy(cfg, spec).eval()
     iters, warmup = (10, 3) if args.quick else (200, 20)
+    if args.iters:
+        iters, warmup = args.iters, max(1, args.iters // 10)
     results = [bench(b, policy, proc, spec, cfg.n_action_steps, iters, warmup) for b in args.batch]
     print(json.dumps({
         "bench": "policy_inference",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "config": {"vision": args.vision, "head": args.head, "dim": cfg.dim, "layers": cfg.layers, "chunk_size": cfg.chunk_size,
+        "config": {"backbone": args.backbone, "backbone_cfg": cfg.backbone.model_dump(mode="json"), "head": args.head,
+                   "vision": cfg.vision.type, "language": cfg.language.type, "dim": cfg.dim, "layers": cfg.layers, "chunk_size": cfg.chunk_size,
                    "n_action_steps": cfg.n_action_steps, "image_shape": list(spec.image_shape),
                    "state_dim": spec.state_dim, "action_dim": spec.action_dim},
         "params": policy.num_parameters(),
@@ -124,6 +152,7 @@ def main() -> None:
         "quick": args.quick,
         "results": results,
     }, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/learner.py            # default policy (dim 128), 64 px, global batch 32, 3 x 30 timed steps
     python bench/learner.py --quick    # small policy, 32 px, global batch 16, 3 x 10 timed steps
+    python bench/learner.py --backbone pretrained-lite --ranks 1   # the backbone dimension (bench/backbones.py)
 
 Same model, processor, BC loss, AdamW, LR schedule, gradient clipping and global batch everywhere:
   plain_torch        this process, torch.set_num_threads(threads): processor -> model -> loss -> AdamW
@@ -14,7 +15,9 @@ The machine's cores are shared with other work: expect noise, compare within one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,13 +79,17 @@ def plain_loop(train, policy_cfg, dataset: Path, warmup: int, steps: int, reps: 
 
     for _ in range(warmup):
         step()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = [step() for _ in range(steps)]
         rates.append(steps * train.batch_size / (time.perf_counter() - t0))
+        cpu_rates.append(steps * train.batch_size / (time.process_time() - c0))
     return _summary(rates, train.batch_size, setup_s, losses[-1]) | {
-        "num_params": sum(p.numel() for p in model.parameters())}
+        # samples per CPU-second of this process (threads=1: ~ samples/s on an idle core; robust to shared cores)
+        "samples_per_cpu_s": round(statistics.median(cpu_rates), 1),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def _summary(rates: list[float], batch: int, setup_s: float, final_loss: float) -> dict:
@@ -111,34 +118,53 @@ def deepspeed_run(train, policy_cfg, dataset: Path, ranks: int, warmup: int, ste
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ranks", type=int, nargs="*", default=[1, 2], help="DeepSpeed rank counts (none: plain loop only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank (and of the plain loop)")
     ap.add_argument("--reps", type=int, default=3, help="timed segments per setting (the median is reported)")
     ap.add_argument("--dataset", type=Path, default=None, help="a LeRobot v3 folder (default: synthetic)")
+    ap.add_argument("--backbone", default="default", help="bench/backbones.py: default, pretrained-lite, hf-tiny, "
+                    "hf-smolvlm-shape, hf (+ --vlm-path)")
+    ap.add_argument("--vlm-path", default=None, help="--backbone hf: local VLM folder")
+    ap.add_argument("--vlm-layers", type=int, default=None, help="hf backbones: policy.backbone.num_layers")
+    ap.add_argument("--lora-r", type=int, default=None, help="hf backbones: LoRA rank (default: frozen VLM, no LoRA)")
+    ap.add_argument("--batch", type=int, default=None, help="global batch (override; large VLMs on CPU: 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per segment (override)")
     args = ap.parse_args(argv)
 
     from vlaforge.learners.config import TrainConfig
     from vlaforge.runtime.process import init_ray
     from vlaforge.policies.config import PolicyConfig
+    from backbones import backbone_config  # bench/backbones.py
 
+    tmp_models = Path(tempfile.mkdtemp(prefix="vlaforge-bench-models-"))
+    with contextlib.redirect_stdout(sys.stderr):
+        over = backbone_config(args.backbone, tmp_models, vlm_path=args.vlm_path, vlm_layers=args.vlm_layers,
+                               lora_r=args.lora_r)
     if args.quick:
         size, batch, warmup, steps = 32, 16, 3, 10
-        policy = PolicyConfig(dim=64, layers=1, heads=2, chunk_size=4, n_action_steps=2,
-                              vision={"channels": [16, 32]})
+        policy = PolicyConfig(**({"dim": 64, "layers": 1, "heads": 2, "chunk_size": 4, "n_action_steps": 2,
+                                  "vision": {"channels": [16, 32]}} | over))
     else:
         size, batch, warmup, steps = 64, 32, 5, 30
-        policy = PolicyConfig()
+        policy = PolicyConfig(**over)
+    batch, steps = args.batch or batch, args.steps or steps
+    warmup = min(warmup, steps)
     train = TrainConfig(batch_size=batch, lr=3e-4, warmup_steps=5, steps=1000, threads_per_learner=args.threads,
                         cpus_per_learner=args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    # Library warnings / load reports go to stderr: stdout stays pure JSON.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         dataset = args.dataset or write_dataset(Path(tmp) / "bench-data", size)
-        init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
+        if args.ranks:
+            init_ray(num_cpus=max(args.ranks) * args.threads, log_to_driver=False)
         out: dict = {"config": {"image_px": size, "global_batch": batch, "timed_steps": steps, "threads": args.threads,
                                 "policy_dim": policy.dim, "zero_stage": train.deepspeed.zero_stage,
-                                "dataset": str(args.dataset or "synthetic")}}
+                                "dataset": str(args.dataset or "synthetic"), "backbone": args.backbone,
+                                "backbone_cfg": policy.backbone.model_dump(mode="json"),
+                                "vision": policy.vision.type, "language": policy.language.type}}
         out["plain_torch"] = plain_loop(train, policy, dataset, warmup, steps, args.reps)
         for n in args.ranks:
             out[f"deepspeed/{n}"] = deepspeed_run(train, policy, dataset, n, warmup, steps, args.reps)
+    shutil.rmtree(tmp_models, ignore_errors=True)
     base = out["plain_torch"]["samples_per_s"]
     if "deepspeed/1" in out:
         out["overhead_pct"] = round(100 * (1 - out["deepspeed/1"]["samples_per_s"] / base), 1)

@@ -14,7 +14,10 @@ from pathlib import Path
 import vlaforge
 
 PKG = Path(vlaforge.__file__).parent
-LEAVES = {"keys", "manifest", "errors", "config_base", "__init__"}
+LEAVES = {"keys", "manifest", "errors", "config_base"}
+# The package's front door sits above everything: ``vlaforge.from_pretrained`` (lazy import of policies.io)
+# and ``python -m vlaforge`` (the CLI). Importing them from inside the package is what would be wrong.
+API = {"__init__", "__main__"}
 # layer -> the layers it may import (besides itself and the leaves)
 ALLOWED: dict[str, set[str]] = {
     "leaf": set(),
@@ -25,11 +28,13 @@ ALLOWED: dict[str, set[str]] = {
     "learners": {"runtime", "data", "policies"},
     "actors": {"runtime", "envs", "policies"},
     "platform": {"runtime", "envs", "policies", "data", "learners", "actors"},
+    "api": {"runtime", "envs", "policies", "data", "learners", "actors", "platform"},
 }
 
 
 def _layer(parts: tuple[str, ...]) -> str:
-    return "leaf" if parts[0].removesuffix(".py") in LEAVES else parts[0]
+    name = parts[0].removesuffix(".py")
+    return "leaf" if name in LEAVES else "api" if name in API else name
 
 
 def _edges():

@@ -39,6 +39,8 @@ STATE_NORM = "state_norm"  # float32 (B, S), normalised with dataset statistics
 TOKENS = "lang_tokens"  # int64 (B, L)
 TOKENS_MASK = "lang_mask"  # bool (B, L): True where a real token sits
 TARGET_CHUNK = "target_chunk"  # float32 (B, K, A): normalised target actions (BC)
+VLM_INPUTS = "vlm_inputs"  # TensorDict (B,) replacing PIXELS/TOKENS for backbone.type hf: the HF processor's
+#                            output (input_ids, attention_mask, pixel_values, ...), passed to the VLM as kwargs
 
 # -- model outputs -----------------------------------------------------------------------------------
 ACTION_MEAN = "action_mean"  # float32 (B, K, A), normalised action space

@@ -18,7 +18,7 @@ STATE_DIM, ACTION_DIM, SIZE = 4, 3, 32
 TASKS = ("push the red block", "reach the green goal")
 
 
-def write_tiny_dataset(root: Path, episodes: int = 6, length: int = 16, seed: int = 0) -> Path:
+def write_tiny_dataset(root: Path, episodes: int = 6, length: int = 16, seed: int = 0, **writer_kw) -> Path:
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(STATE_DIM, ACTION_DIM)).astype(np.float32)
     features = {
@@ -26,7 +26,7 @@ def write_tiny_dataset(root: Path, episodes: int = 6, length: int = 16, seed: in
         F.STATE_KEY: F.vector_feature("float32", STATE_DIM),
         F.ACTION_KEY: F.vector_feature("float32", ACTION_DIM),
     }
-    with DatasetWriter(root, fps=10, features=features, robot_type="tiny") as writer:
+    with DatasetWriter(root, fps=10, features=features, robot_type="tiny", **writer_kw) as writer:
         for ep in range(episodes):
             task = ep % len(TASKS)
             state = rng.normal(size=(length, STATE_DIM)).astype(np.float32).cumsum(0) * 0.3
@@ -41,3 +41,9 @@ def write_tiny_dataset(root: Path, episodes: int = 6, length: int = 16, seed: in
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_per_file(tmp_path_factory) -> Path:
+    """The same kind of data with every episode in its own parquet and mp4 file (for damaged-file tests)."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "per-file", data_file_mb=1e-6, video_file_mb=1e-6)

@@ -26,7 +26,7 @@ def test_forward_shapes(cfg, spec, processor, make_obs, tiny_cfg):
 def test_multi_camera_and_no_keypoints(tiny_cfg, processor, make_obs):
     spec = PolicySpec((2, 32, 32, 3), state_dim=7, action_dim=4)
     policy = build_policy(tiny_cfg(vision={"channels": [8], "keypoints": 0, "pool_grid": 3}), spec)
-    assert policy.vision.num_tokens == 2 * 9
+    assert policy.backbone.vision.num_tokens == 2 * 9
     assert policy(processor(make_obs(2, v=2)))[keys.ACTION_MEAN].shape == (2, 4, 4)
 
 
@@ -94,8 +94,8 @@ def test_registries_name_the_choices(tiny_cfg, spec):
 def test_freeze_vision_trunk(tiny_cfg, spec):
     policy = build_policy(tiny_cfg(vision={"channels": [8, 16], "freeze": True}), spec)
     names = policy.named_trainable_parameters()
-    assert not any(n.startswith("vision.trunk") for n in names)
-    assert any(n.startswith("vision.pool_proj") for n in names)
+    assert not any(n.startswith("backbone.vision.trunk") for n in names)
+    assert any(n.startswith("backbone.vision.pool_proj") for n in names)
     assert policy.num_parameters(trainable_only=True) < policy.num_parameters()
 
 

@@ -26,6 +26,8 @@ class DemoConfig(StrictModel):
     # Where datasets are cached; one folder per content hash of (env config, demo config, version).
     cache_dir: str = "~/.cache/vlaforge/demos"
     video_codec: Literal["h264", "av1"] = "h264"  # "h264" (fast) or "av1" (LeRobot's default, libsvtav1)
+    # Seconds a run waits for another run that is building the same cache entry (then reuses its result).
+    lock_timeout_s: float = Field(3600.0, gt=0)
 
     @model_validator(mode="after")
     def _seeds_below_eval(self):
@@ -41,6 +43,9 @@ class DemoConfig(StrictModel):
 class DataConfig(StrictModel):
     # A LeRobot v3 dataset folder to train on instead of generated demos (null: use ``demos``).
     path: str | None = None
+    # A truncated / corrupt parquet or mp4 file: false (default) stops with an error naming the file and its
+    # episodes; true trains on the other episodes, logs each skipped one and counts them (data/skipped_episodes).
+    skip_bad_episodes: bool = False
 
     @model_validator(mode="before")
     @classmethod

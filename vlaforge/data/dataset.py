@@ -9,6 +9,7 @@ the episode's last action. That is LeRobot's ``delta_timestamps={"action": [0, 1
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,12 +23,15 @@ from vlaforge.data import format as F
 from vlaforge.data.reader import DatasetReader
 from vlaforge.data.stats import image_stats, numeric_stats
 
+log = logging.getLogger(__name__)
+
 
 class ChunkDataset(Dataset):
     """``episodes``: episode indices to keep (train/val splits); ``cameras``: camera names or full
     feature keys, in the order of the V axis (default: every camera of the dataset, info.json order);
     ``extra``: further features to return, {feature name: TensorDict key}, e.g.
-    ``{"next.success": ("next", "success")}``."""
+    ``{"next.success": ("next", "success")}``; ``skip_bad_episodes``: drop the episodes of unreadable
+    (truncated / corrupt) files, listed in ``bad_episodes``, instead of raising the reader's DataFileError."""
 
     def __init__(
         self,
@@ -38,6 +42,7 @@ class ChunkDataset(Dataset):
         state_key: str = F.STATE_KEY,
         action_key: str = F.ACTION_KEY,
         extra: Mapping[str, str | tuple[str, ...]] | None = None,
+        skip_bad_episodes: bool = False,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -50,7 +55,10 @@ class ChunkDataset(Dataset):
                     f"{self.root}: feature {k!r} not in the dataset (features: {sorted(self.reader.features)})"
                 )
         self.state_key, self.action_key, self.extra = state_key, action_key, dict(extra or {})
-        data = self.reader.load(episodes, cameras=self.camera_keys)
+        data = self.reader.load(episodes, cameras=self.camera_keys, skip_bad=skip_bad_episodes)
+        self.bad_episodes: dict[int, str] = dict(self.reader.bad_episodes)  # episode -> why it was skipped
+        for ep, why in sorted(self.bad_episodes.items()):
+            log.warning("skipping episode %d of %s: %s", ep, self.root, why)
         self.episodes = sorted({int(e) for e in data["episode_index"]})
         self.images = self._stack_cameras(data)  # uint8 (N, V, H, W, 3)
         self.state = torch.from_numpy(_as_2d(data[state_key]).astype(np.float32))  # (N, S)

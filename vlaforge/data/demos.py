@@ -8,7 +8,9 @@ dataset is the same whatever the scheduling. Attempt a of every task resets with
 
 Cache: ``<cache_dir>/<hash>`` where the hash covers everything that changes the data (env and demo
 config fields, resolved task names, FORMAT_VERSION). The writer is atomic, so an existing folder is a
-complete dataset and a second call returns at once.
+complete dataset and a second call returns at once. Two runs asking for the same entry at once share one
+build: the second waits on the entry's file lock (``demos.lock_timeout_s``) and reuses the first's result;
+leftovers of crashed builders are removed under the lock (``vlaforge.data.cache``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlaforge.data import format as F
+from vlaforge.data.cache import build_once
 from vlaforge.errors import VlaforgeError
 from vlaforge.data.config import DemoConfig
 from vlaforge.data.demo_worker import DemoWorker
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the recorded content changes (busts every cache entry)
 # Config fields that do not change the recorded data (left out of the hash).
 _ENV_NOT_HASHED = {"instructions", "terminate_on_success"}  # demos: train paraphrases, stop at success
-_DEMO_NOT_HASHED = {"num_workers", "envs_per_worker", "cache_dir"}
+_DEMO_NOT_HASHED = {"num_workers", "envs_per_worker", "cache_dir", "lock_timeout_s"}
 ROBOT_TYPES = {"metaworld": "sawyer"}
 
 
@@ -96,15 +99,21 @@ def generate_demos(
     env_cfg: EnvConfig, demo_cfg: DemoConfig, out_dir: str | Path | None = None, progress: bool = True
 ) -> Path:
     """Generate (or find cached) expert demonstrations; returns the LeRobot v3 dataset folder.
-    Ray must already be initialised by the caller."""
-    import ray
-    from tqdm import tqdm
-
+    Ray must already be initialised by the caller (when the dataset must be built)."""
     digest = dataset_hash(env_cfg, demo_cfg)
     dest = Path(out_dir).expanduser() if out_dir is not None else demo_dataset_path(env_cfg, demo_cfg)
     if _cached(dest, digest):
         log.info("demos: cached dataset %s", dest)
         return dest
+    return build_once(dest, lambda p: _cached(p, digest),
+                      lambda: _generate(env_cfg, demo_cfg, dest, digest, progress), demo_cfg.lock_timeout_s)
+
+
+def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str, progress: bool) -> Path:
+    """The build itself; runs under the cache entry's lock (build_once)."""
+    import ray
+    from tqdm import tqdm
+
     if dest.exists():
         raise FileExistsError(f"{dest} exists but holds another dataset (hash != {digest}); remove it or pick out_dir")
     if not ray.is_initialized():

@@ -35,6 +35,7 @@ from vlaforge.learners.engine import (
 )
 from vlaforge.learners.registry import build_objective, total_loss
 from vlaforge.learners.stream import ShardStream
+from vlaforge.manifest import write_manifest
 from vlaforge.runtime import checkpoint as ckpt
 from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy, save_pretrained
@@ -58,11 +59,13 @@ class LearnerActor:
         policy_spec: PolicySpec | dict | None = None,
         episodes: list[int] | None = None,
         init_policy: str | None = None,
+        skip_bad_episodes: bool = False,
     ) -> dict[str, Any]:
         """Collective. ``policy_spec`` defaults to the dataset's shapes; ``episodes`` selects a split;
         ``init_policy`` (an exported policy folder) gives the starting weights and processor (a stage
-        that continues a previous one) instead of a fresh initialisation.
-        Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec}."""
+        that continues a previous one) instead of a fresh initialisation; ``skip_bad_episodes`` (the
+        recipe's data.skip_bad_episodes) drops episodes of unreadable files instead of failing.
+        Returns {rank, world_size, num_params, num_samples, batches_per_epoch, spec, bad_episodes}."""
         apply_process_env()
         self.train_cfg, self.policy_cfg = _model(train, TrainConfig), _model(policy, PolicyConfig)
         set_threads(self.train_cfg.threads_per_learner)
@@ -74,7 +77,8 @@ class LearnerActor:
 
         from vlaforge.data.dataset import ChunkDataset
 
-        self.dataset = ChunkDataset(dataset_path, chunk_size=self.policy_cfg.chunk_size, episodes=episodes)
+        self.dataset = ChunkDataset(dataset_path, chunk_size=self.policy_cfg.chunk_size, episodes=episodes,
+                                    skip_bad_episodes=skip_bad_episodes)
         data_spec = PolicySpec(
             image_shape=tuple(self.dataset.images.shape[1:]),  # (V, H, W, 3)
             state_dim=self.dataset.state.shape[1],
@@ -111,6 +115,7 @@ class LearnerActor:
             "num_samples": len(self.dataset),
             "batches_per_epoch": self.stream.batches_per_epoch,
             "spec": spec.to_dict(),
+            "bad_episodes": {str(e): why for e, why in self.dataset.bad_episodes.items()},  # skipped: episode -> why
         }
 
     # -- training -------------------------------------------------------------------------------------
@@ -185,7 +190,8 @@ class LearnerActor:
         }
 
     def save_checkpoint(self, run_dir: str) -> str:
-        """Collective: <run_dir>/checkpoints/step-N (DeepSpeed state + RNG + data position + policy export)."""
+        """Collective: <run_dir>/checkpoints/step-N (DeepSpeed state + RNG + data position + policy export),
+        committed atomically with a manifest (runtime/checkpoint.py); returns the committed folder."""
         path = ckpt.save(
             self.engine, run_dir, self.global_step, rank=self.rank, meta=self._meta(),
             rank_state={"data": self.stream.state_dict()}, keep=self.train_cfg.keep_checkpoints,
@@ -194,7 +200,8 @@ class LearnerActor:
         return str(path)
 
     def load_checkpoint(self, path: str) -> int:
-        """Collective: a run dir (its latest), its checkpoints dir, or a step-N dir. Returns the global step."""
+        """Collective: a run dir (its latest that verifies), its checkpoints dir, or a step-N dir. Every rank
+        verifies the manifest before DeepSpeed unpickles anything. Returns the global step."""
         step, state = ckpt.load(self.engine, path, rank=self.rank, meta=self._meta())
         self.stream.load_state_dict(state["data"])
         if step != self.global_step:
@@ -216,6 +223,8 @@ class LearnerActor:
                     self._write_policy(module, directory)
         elif self.rank == 0:
             self._write_policy(module, directory)
+        if self.rank == 0:  # the export's own sha256 manifest: verified loading / publication check it
+            write_manifest(directory)
 
     def _write_policy(self, module: torch.nn.Module, directory: Path) -> None:
         save_pretrained(directory, module, self.processor, self.policy_cfg, self.spec,

@@ -14,6 +14,7 @@ holds ("next", image) with ("next", success): exact pairs.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from vlaforge import keys
 from vlaforge.data import format as F
 from vlaforge.data.reader import DatasetReader
 from vlaforge.policies.reward_config import RewardModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,16 +55,20 @@ class RMEpisode:
 
 # -- sources --------------------------------------------------------------------------------------
 def episodes_from_dataset(root: str | Path, episodes: Sequence[int] | None = None,
-                          cameras: Sequence[str] | None = None) -> list[RMEpisode]:
+                          cameras: Sequence[str] | None = None, skip_bad: bool = False) -> list[RMEpisode]:
     """Episodes of a LeRobot v3 dataset that has ``next.success`` (vlaforge demos do). ``cameras``:
-    camera names or feature keys in V order (default: all). Task = the ``env_task`` column if present."""
+    camera names or feature keys in V order (default: all). Task = the ``env_task`` column if present.
+    ``skip_bad`` (data.skip_bad_episodes): drop episodes of unreadable files (logged) instead of failing."""
     reader = DatasetReader(root)
     if F.SUCCESS_KEY not in reader.features:
         raise KeyError(f"{reader.root}: no {F.SUCCESS_KEY!r} feature; the reward model needs per-frame success "
                        f"flags (features: {sorted(reader.features)})")
     cams = list(reader.camera_keys) if cameras is None else [
         c if c in reader.camera_keys else F.IMAGE_PREFIX + c for c in cameras]
-    data = reader.load(episodes, cameras=cams)
+    data = reader.load(episodes, cameras=cams, skip_bad=skip_bad)
+    if reader.bad_episodes:
+        log.warning("reward data: skipped %d unreadable episode(s) of %s: %s", len(reader.bad_episodes), reader.root,
+                    "; ".join(f"{e}: {why}" for e, why in sorted(reader.bad_episodes.items())[:5]))
     env_task = dict(zip(reader.episodes.index, reader.episodes["env_task"])) if "env_task" in reader.episodes else {}
     ep_col = data["episode_index"]
     out = []
@@ -267,11 +274,12 @@ def build_preference_set(episodes: Sequence[RMEpisode], cfg: RewardModelConfig, 
 
 
 def build_reward_data(cfg: RewardModelConfig, datasets: Sequence[str | Path] = (), rollouts: Sequence[TensorDictBase] = (),
-                      task_names: Sequence[str] | None = None, seed: int = 0) -> tuple[TensorDict, TensorDict | None]:
+                      task_names: Sequence[str] | None = None, seed: int = 0,
+                      skip_bad_episodes: bool = False) -> tuple[TensorDict, TensorDict | None]:
     """The driver's one call: episodes of LeRobot ``datasets`` and rollout trajectories [B, T] -> (training
     set, held-out set or None). Held-out = cfg.heldout_fraction of the episodes (split_episodes); kind
     "success": balanced frames / every held-out frame with its exact flag; "preference": pairs of both."""
-    episodes = [ep for root in datasets for ep in episodes_from_dataset(root)]
+    episodes = [ep for root in datasets for ep in episodes_from_dataset(root, skip_bad=skip_bad_episodes)]
     episodes += [ep for traj in rollouts for ep in episodes_from_rollouts(traj, task_names)]
     if not episodes:
         raise ValueError("build_reward_data: no episodes (give demonstration datasets and/or rollouts)")

@@ -19,7 +19,10 @@ class RayConfig(StrictModel):
     # null: start an embedded local cluster; "auto" or "ray://host:port": join an existing one.
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)  # embedded cluster only (null: all cores)
-    dashboard: bool = False  # embedded cluster only; bound to 127.0.0.1
+    dashboard: bool = False  # embedded cluster only; bound to ray.host
+    # Embedded cluster only: the address its node, GCS and dashboard bind. 127.0.0.1 keeps every Ray
+    # server off the network; another address (this machine's) opts into being reachable.
+    host: str = "127.0.0.1"
 
 
 class LoggingConfig(StrictModel):
@@ -27,7 +30,7 @@ class LoggingConfig(StrictModel):
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline (default): no network
     wandb_project: str = "vlaforge"
     wandb_entity: str | None = None
-    tensorboard: bool = False
+    tensorboard: bool = True  # <run>/tensorboard, served by `vlaforge dashboard RUN_DIR`
 
 
 class StageConfig(StrictModel):

@@ -56,6 +56,7 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path | None, resume: bool) -> Path:
             raise VlaforgeError(
                 f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir"
             )
+    run_dir = run_dir.expanduser().resolve()  # absolute: actors on other nodes / working dirs get it
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "recipe.yaml.tmp"
     tmp.write_text(dump_recipe(recipe))
@@ -80,21 +81,21 @@ def _setup_logging(run_dir: Path) -> None:
 def _init_ray(recipe: Recipe) -> None:
     from vlaforge.runtime.process import init_ray
 
-    init_ray(recipe.ray.address, num_cpus=recipe.ray.num_cpus, dashboard=recipe.ray.dashboard)
+    init_ray(recipe.ray.address, num_cpus=recipe.ray.num_cpus, dashboard=recipe.ray.dashboard, host=recipe.ray.host)
 
 
 # -- phases --------------------------------------------------------------------------------------------
 def make_demos(recipe: Recipe) -> Path:
     """The training data: a LeRobot v3 folder given in the recipe, or expert demos (generated or cached)."""
     if recipe.data.path:
-        path = Path(recipe.data.path).expanduser()
+        path = Path(recipe.data.path).expanduser().resolve()  # absolute: learners read it
         if not (path / "meta" / "info.json").exists():
             raise VlaforgeError(f"data.path: {path} is not a LeRobot v3 dataset (no meta/info.json)")
         return path
     from vlaforge.data.demos import generate_demos
 
     _init_ray(recipe)
-    return generate_demos(recipe.envs, recipe.demos)
+    return Path(generate_demos(recipe.envs, recipe.demos)).resolve()
 
 
 def _resolve_init(stage, previous: Path | None) -> Path | None:
@@ -102,7 +103,10 @@ def _resolve_init(stage, previous: Path | None) -> Path | None:
         return previous
     if stage.init == "scratch":
         return None
-    return _find_policy_dir(Path(stage.init).expanduser())
+    from vlaforge.policies.io import verify_folder
+
+    # a published folder may start a stage (weights only; the optimizer starts fresh): hashes first
+    return verify_folder(_find_policy_dir(Path(stage.init).expanduser().resolve()))
 
 
 def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> dict:
@@ -236,7 +240,9 @@ def _find_policy_dir(path: Path) -> Path:
 def evaluate_checkpoint(path: Path, overrides: list[str] = (), out_dir: Path | None = None) -> dict:
     from vlaforge.platform.recipe import Source, apply_override, validate
 
-    policy_dir = _find_policy_dir(Path(path))
+    from vlaforge.policies.io import verify_folder
+
+    policy_dir = verify_folder(_find_policy_dir(Path(path).expanduser().resolve()))  # refuse a tampered file
     card_file = policy_dir / "run_card.json"
     if not card_file.exists():
         raise VlaforgeError(f"{card_file} is missing: cannot tell which env this policy was trained on")
@@ -246,7 +252,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str] = (), out_dir: Path | N
     for o in overrides:
         apply_override(data, o, src)
     recipe = validate(data, src)
-    out_dir = out_dir or policy_dir.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir = Path(out_dir or policy_dir.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     _init_ray(recipe)
     result = _evaluate(policy_dir, recipe, Path(out_dir), None, 0)
     print(f"eval.json: {(Path(out_dir) / 'eval.json').resolve()}")

@@ -67,10 +67,24 @@ def summarize(episodes: list[dict], tasks: list[str], confidence: float) -> dict
     }
 
 
-def write_video(frames, path: Path, fps: int) -> None:
+SUCCESS_RGB = (0, 200, 0)
+FAILURE_RGB = (220, 0, 0)
+
+
+def mark_outcome(frames, success: bool):
+    """Paint a border into every frame: green for a successful episode, red for a failed one, so a
+    dashboard (or a person scrolling mp4s) sees the outcome without reading the file name. (T, H, W, 3)."""
+    frames = frames.copy()
+    b = max(2, min(frames.shape[1:3]) // 20)
+    colour = SUCCESS_RGB if success else FAILURE_RGB
+    frames[:, :b], frames[:, -b:], frames[:, :, :b], frames[:, :, -b:] = colour, colour, colour, colour
+    return frames
+
+
+def write_video(frames, path: Path, fps: int, success: bool | None = None) -> None:
     from vlaforge.data.video import encode_video
 
-    encode_video(frames, path, fps=fps, codec="h264")
+    encode_video(frames if success is None else mark_outcome(frames, success), path, fps=fps, codec="h264")
 
 
 def run_evaluation(
@@ -100,7 +114,7 @@ def run_evaluation(
             for r in results:
                 if r.frames is not None:
                     path = out_dir / "videos" / f"{r.task}_seed{r.seed}_{'success' if r.success else 'fail'}.mp4"
-                    write_video(r.frames, path, fps=30)
+                    write_video(r.frames, path, fps=30, success=bool(r.success))
                     videos.append(str(path))
                 episodes.append({k: v for k, v in r.__dict__.items() if k != "frames"})
                 bar.update(1)
@@ -131,6 +145,7 @@ def eval_metrics(result: dict, prefix: str = "eval") -> dict[str, float]:
     m = {f"{prefix}/mean_success_rate": result["mean_success_rate"], f"{prefix}/env_steps_per_s": result["env_steps_per_s"]}
     for task, v in result["tasks"].items():
         m[f"{prefix}/{task}/success_rate"] = v["success_rate"]
+        m[f"eval/success_rate/{task}"] = v["success_rate"]  # one series per task across all stages' evaluations
     return m
 
 

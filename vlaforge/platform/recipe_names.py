@@ -131,7 +131,7 @@ class Named:
 
 def _policies(registry: str, register: str) -> Named:
     what = {"VISION_REGISTRY": "vision backbone", "LANGUAGE_REGISTRY": "language backbone",
-            "HEAD_REGISTRY": "action head", "POLICY_REGISTRY": "policy type"}[registry]
+            "HEAD_REGISTRY": "action head", "POLICY_REGISTRY": "policy type", "BACKBONE_REGISTRY": "backbone"}[registry]
     return Named(what, _policy_registry(registry), "policies", (register, f"{registry}.register"))
 
 
@@ -144,6 +144,7 @@ NAMED_FIELDS: dict[Path_, Named] = {
     ("policy", "type"): _policies("POLICY_REGISTRY", "register_policy"),
     ("policy", "vision", "type"): VISION,
     ("policy", "language", "type"): LANGUAGE,
+    ("policy", "backbone", "type"): _policies("BACKBONE_REGISTRY", "register_backbone"),
     ("policy", "head", "type"): _policies("HEAD_REGISTRY", "register_head"),
     ("policy", "action_norm"): Named("action normaliser", _normalizers, "policies",
                                      ("register_normalizer", "NORMALIZER_REGISTRY.register")),

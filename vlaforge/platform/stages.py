@@ -122,8 +122,14 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                            gpus_per_worker=t.gpus_per_learner, name=f"{stage.name}-learners")
     try:
         with ctx.timers.phase("learner_setup"):
-            info = learners.call("setup", t, recipe.policy, str(dataset),
-                                 init_policy=str(init) if init else None)[0]
+            info = learners.call("setup", t, recipe.policy, str(dataset), init_policy=str(init) if init else None,
+                                 skip_bad_episodes=recipe.data.skip_bad_episodes)[0]
+        if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
+            if info["bad_episodes"]:
+                log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
+                            dataset, "; ".join(f"{e}: {why}" for e, why in sorted(info["bad_episodes"].items())[:5]))
+            ctx.metrics.log({"data/skipped_episodes": float(len(info["bad_episodes"]))}, step=ctx.step)
+            ctx.metrics.summary({f"data/{stage.name}_skipped_episodes": len(info["bad_episodes"])})
         log.info("%s: %d DeepSpeed ranks, %.2fM parameters, %d samples%s", stage.name, info["world_size"],
                  info["num_params"] / 1e6, info["num_samples"], f", from {init}" if init else "")
         step = 0
@@ -234,7 +240,7 @@ register_stage("grpo", objectives=("grpo", "rloo"), grouped=True, **_RL)(run_rl)
 def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
     """The reward model RL uses: reward_model.model_dir, else the newest reward_model stage of this run."""
     if recipe.reward_model.model_dir:
-        return Path(recipe.reward_model.model_dir).expanduser()
+        return Path(recipe.reward_model.model_dir).expanduser().resolve()
     for st in reversed(recipe.stages):
         if st.kind == "reward_model" and (ctx.run_dir / st.name / "reward_model").exists():
             return ctx.run_dir / st.name / "reward_model"
@@ -293,7 +299,8 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
                 rollouts.append(pool.sample(None).data)
     with ctx.timers.phase("reward_model"):
         train, heldout = build_reward_data(cfg, datasets=[dataset_for(ctx, recipe)], rollouts=rollouts,
-                                           task_names=list(ALL_TASKS), seed=recipe.seed)
+                                           task_names=list(ALL_TASKS), seed=recipe.seed,
+                                           skip_bad_episodes=recipe.data.skip_bad_episodes)
         model, processor, metrics = train_reward_model(train, cfg, eval_data=heldout)
     save_reward_model(stage_dir / "reward_model", model, processor, extra={"metrics": metrics})
     ctx.metrics.log({f"reward/{k.replace('/', '_')}": v for k, v in metrics.items()}, step=ctx.step)

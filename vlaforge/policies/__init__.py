@@ -11,10 +11,12 @@ import importlib
 
 from vlaforge.policies.config import PolicyConfig
 from vlaforge.policies.registry import (
+    BACKBONE_REGISTRY,
     HEAD_REGISTRY,
     LANGUAGE_REGISTRY,
     POLICY_REGISTRY,
     VISION_REGISTRY,
+    register_backbone,
     register_head,
     register_language,
     register_policy,
@@ -40,6 +42,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BACKBONE_REGISTRY",
     "HEAD_REGISTRY",
     "LANGUAGE_REGISTRY",
     "POLICY_REGISTRY",
@@ -52,6 +55,7 @@ __all__ = [
     "VLAProcessor",
     "build_policy",
     "load_pretrained",
+    "register_backbone",
     "register_head",
     "register_language",
     "register_policy",

@@ -18,6 +18,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vlaforge.errors import VlaforgeError
+from vlaforge.manifest import MANIFEST, ManifestError, verify_manifest
 from vlaforge.policies.config import PolicyConfig
 from vlaforge.policies.processor import VLAProcessor
 from vlaforge.policies.spec import PolicySpec
@@ -115,6 +117,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+class IntegrityError(VlaforgeError, ValueError):
+    """A model folder does not match its MANIFEST.json (a tampered, truncated or missing file)."""
+
+
+def verify_folder(directory: str | os.PathLike, require_manifest: bool = False) -> Path:
+    """Check every file of a model folder against its sha256 manifest BEFORE anything is read from it.
+
+    Published folders (``vlaforge publish``) and checkpoint policy exports carry MANIFEST.json; a folder
+    without one is accepted unless ``require_manifest`` (``vlaforge.from_pretrained`` requires it).
+    The error names the file that differs.
+    """
+    root = Path(directory)
+    if not (root / MANIFEST).exists() and not require_manifest:
+        return root
+    try:
+        verify_manifest(root)
+    except ManifestError as e:
+        raise IntegrityError(f"refusing to load {root}: {e}") from None
+    return root
+
+
 def read_checkpoint(
     directory: str | os.PathLike, required: tuple[str, ...]
 ) -> tuple[Path, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
@@ -123,6 +146,7 @@ def read_checkpoint(
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root}")
+    verify_folder(root)  # hashes first: never parse a file that differs from what was written
     config = _read_json(root / CONFIG_FILE)
     for field in required:
         if field not in config:

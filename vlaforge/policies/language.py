@@ -40,6 +40,11 @@ class HashedLanguage(nn.Module):
         self.encoder = encoder(cfg.dim, cfg.heads, lc.layers, cfg.dropout) if lc.layers > 0 else None
         self.norm = nn.LayerNorm(cfg.dim)
         self.vocab_size, self.max_tokens = lc.vocab_size, lc.max_tokens
+        if lc.freeze:  # embeddings + encoder fixed; the output LayerNorm still trains
+            for m in (self.embed, self.encoder):
+                if m is not None:
+                    m.requires_grad_(False)
+            self.pos.requires_grad_(False)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, length = tokens.shape

@@ -4,6 +4,8 @@ raw (keys.py)                                   prepared (model input)
   IMAGE        uint8   (B, V, H, W, 3)    ->      PIXELS       float32 (B, V, 3, H, W) in [0, 1] (+ random shift)
   STATE        float   (B, S)             ->      STATE_NORM   float32 (B, S)  (x - mean) / std
   INSTRUCTION  B strings                  ->      TOKENS int64 (B, L), TOKENS_MASK bool (B, L)
+  IMAGE + INSTRUCTION (backbone "hf")     ->      VLM_INPUTS   the VLM's own processor output (replaces
+                                                               PIXELS / TOKENS; policies/backbones/hf_processor.py)
   ACTION_CHUNK float   (B, K, A)          ->      TARGET_CHUNK float32 (B, K, A) normalised  (training only)
   ACTION_PAD   bool    (B, K)             ->      ACTION_PAD   passed through (all False if absent)
 """
@@ -25,7 +27,8 @@ from vlaforge.policies.normalize import (
     MeanStd,
     normalizer_from_dict,
 )
-from vlaforge.policies.tokenizer import HashedTokenizer
+from vlaforge.policies.backbones.hf_processor import HFVLMInputs
+from vlaforge.policies.registry import BACKBONE_REGISTRY, TOKENIZER_REGISTRY
 
 FORMAT_VERSION = 1
 
@@ -49,19 +52,28 @@ def instructions_as_list(value: Any, batch: int) -> list[str]:
     return list(value)
 
 
+def _tokenizer_from_dict(d: dict[str, Any] | None):
+    if d is None:
+        return None
+    return TOKENIZER_REGISTRY.get(d.get("type", "hashed")).from_dict(d)  # no "type": written before minilm
+
+
 class VLAProcessor:
     def __init__(
         self,
         state_norm: MeanStd,
         action_norm,  # MeanStd | MinMax
-        tokenizer: HashedTokenizer,
+        tokenizer,  # HashedTokenizer | MiniLMTokenizer (TOKENIZER_REGISTRY); None with `vlm`
         chunk_size: int,
         image_augment: str = "none",
         shift_pad: int = 4,
+        vlm: HFVLMInputs | None = None,  # backbone "hf": the VLM's processor prepares images + instruction
     ):
         if image_augment not in ("none", "random_shift"):
             raise ValueError(f"image_augment must be 'none' or 'random_shift', got {image_augment!r}")
-        self.state_norm, self.action_norm, self.tokenizer = state_norm, action_norm, tokenizer
+        if (tokenizer is None) == (vlm is None):
+            raise ValueError("VLAProcessor needs exactly one of tokenizer (backbone 'vlaforge') and vlm (backbone 'hf')")
+        self.state_norm, self.action_norm, self.tokenizer, self.vlm = state_norm, action_norm, tokenizer, vlm
         self.chunk_size, self.image_augment, self.shift_pad = int(chunk_size), image_augment, int(shift_pad)
 
     @property
@@ -75,13 +87,15 @@ class VLAProcessor:
     @classmethod
     def from_stats(cls, cfg: PolicyConfig, stats: dict[str, Any]) -> "VLAProcessor":
         action_cls = NORMALIZER_REGISTRY.get(cfg.action_norm)
+        tokenizer, vlm = BACKBONE_REGISTRY.get(cfg.backbone.type).input_processors(cfg)
         return cls(
             state_norm=MeanStd.from_stats(stats, STATE_STATS_KEY, std_min=cfg.state_std_min),
             action_norm=action_cls.from_stats(stats, ACTION_STATS_KEY, std_min=cfg.state_std_min),
-            tokenizer=HashedTokenizer(cfg.language.vocab_size, cfg.language.max_tokens),
+            tokenizer=tokenizer,
             chunk_size=cfg.chunk_size,
             image_augment=cfg.image_augment,
             shift_pad=cfg.image_shift_pad,
+            vlm=vlm,
         )
 
     # -- serialisation ---------------------------------------------------------------------------------
@@ -90,7 +104,8 @@ class VLAProcessor:
             "format_version": FORMAT_VERSION,
             "state": self.state_norm.to_dict(),
             "action": self.action_norm.to_dict(),
-            "tokenizer": self.tokenizer.to_dict(),
+            "tokenizer": None if self.tokenizer is None else self.tokenizer.to_dict(),
+            "vlm": None if self.vlm is None else self.vlm.to_dict(),
             "chunk_size": self.chunk_size,
             "image_augment": self.image_augment,
             "shift_pad": self.shift_pad,
@@ -98,7 +113,7 @@ class VLAProcessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VLAProcessor":
-        missing = {"state", "action", "tokenizer", "chunk_size"} - set(d)
+        missing = {"state", "action", "chunk_size"} - set(d)
         if missing:
             raise ValueError(f"processor dict is missing {sorted(missing)}")
         if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
@@ -106,10 +121,11 @@ class VLAProcessor:
         return cls(
             state_norm=MeanStd.from_dict(d["state"]),
             action_norm=normalizer_from_dict(d["action"]),
-            tokenizer=HashedTokenizer.from_dict(d["tokenizer"]),
+            tokenizer=_tokenizer_from_dict(d.get("tokenizer")),
             chunk_size=d["chunk_size"],
             image_augment=d.get("image_augment", "none"),
             shift_pad=d.get("shift_pad", 4),
+            vlm=HFVLMInputs.from_dict(d["vlm"]) if d.get("vlm") else None,
         )
 
     # -- actions ------------------------------------------------------------------------------------
@@ -152,14 +168,12 @@ class VLAProcessor:
         state_norm = self.state_norm.normalize(state.to(out_device, torch.float32))
 
         texts = instructions_as_list(self._get(td, keys.INSTRUCTION, tensor=False), b)
-        tokens, mask = self.tokenizer(texts)
-
-        out = {
-            keys.PIXELS: pixels,
-            keys.STATE_NORM: state_norm,
-            keys.TOKENS: tokens.to(out_device),
-            keys.TOKENS_MASK: mask.to(out_device),
-        }
+        out: dict[str, Any] = {keys.STATE_NORM: state_norm}
+        if self.vlm is not None:  # the VLM's own processor: placeholders + instruction, its image preprocessing
+            out[keys.VLM_INPUTS] = self.vlm(pixels, texts, out_device)
+        else:
+            tokens, mask = self.tokenizer(texts)
+            out.update({keys.PIXELS: pixels, keys.TOKENS: tokens.to(out_device), keys.TOKENS_MASK: mask.to(out_device)})
         if keys.ACTION_CHUNK in td.keys():
             out.update(self._targets(td, b, out_device))
         return TensorDict(out, batch_size=[b], device=out_device)

@@ -49,12 +49,16 @@ class Registry(Generic[T]):
 
 VISION_REGISTRY: Registry = Registry("vision backbone")
 LANGUAGE_REGISTRY: Registry = Registry("language backbone")
+BACKBONE_REGISTRY: Registry = Registry("backbone")
+TOKENIZER_REGISTRY: Registry = Registry("instruction tokenizer")  # keyed like LANGUAGE_REGISTRY
 HEAD_REGISTRY: Registry = Registry("action head")
 POLICY_REGISTRY: Registry = Registry("policy type")
 NORMALIZER_REGISTRY: Registry = Registry("action normaliser", fill="vlaforge.policies.normalize")
 
 register_vision = VISION_REGISTRY.register
 register_language = LANGUAGE_REGISTRY.register
+register_backbone = BACKBONE_REGISTRY.register
+register_tokenizer = TOKENIZER_REGISTRY.register
 register_head = HEAD_REGISTRY.register
 register_policy = POLICY_REGISTRY.register
 register_normalizer = NORMALIZER_REGISTRY.register

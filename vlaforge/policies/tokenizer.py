@@ -49,8 +49,12 @@ class HashedTokenizer:
                 tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
         return tokens, tokens != 0
 
+    @classmethod
+    def from_config(cls, lc) -> "HashedTokenizer":  # lc: LanguageConfig
+        return cls(vocab_size=lc.vocab_size, max_tokens=lc.max_tokens)
+
     def to_dict(self) -> dict:
-        return {"vocab_size": self.vocab_size, "max_tokens": self.max_tokens}
+        return {"type": "hashed", "vocab_size": self.vocab_size, "max_tokens": self.max_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashedTokenizer":

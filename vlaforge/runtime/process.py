@@ -45,8 +45,31 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False, **kw):
-    """Start an embedded local cluster (address None) or join one ("auto", "ray://..."). Idempotent."""
+LOOPBACK = "127.0.0.1"
+# Ray's own switch for "this machine only" clusters (it is on for Windows/macOS). On Linux Ray rewrites a
+# node address of 127.0.0.1 to the machine's interface address (services.resolve_ip_for_localhost) and
+# then binds the GCS, raylet and agents there, reachable from the network. With the switch off, the node
+# address stays 127.0.0.1 and every Ray server of the node binds loopback only (checked with `ss -ltn`
+# in tests/runtime/test_process.py).
+_RAY_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    os.environ[_RAY_LOCAL_ONLY] = "0"  # Ray's children (raylet, agents, workers) read it at import
+    import ray._private.ray_constants as ray_constants
+
+    # this process: Ray read the variable when it was first imported (often before init_ray runs);
+    # services.get_node_ip_address looks the constant up at call time
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
+             host: str = LOOPBACK, **kw):
+    """Start an embedded local cluster (address None) or join one ("auto", "ray://..."). Idempotent.
+
+    The embedded cluster binds its node address, GCS and dashboard to ``host``: 127.0.0.1 unless a recipe
+    opts into another address (``ray.host``). Token authentication stays on (Ray 2.60's default).
+    """
     import ray
 
     apply_process_env()
@@ -55,11 +78,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     runtime_env = {"env_vars": process_env()}
     kw.setdefault("log_to_driver", True)  # benchmarks pass False: their stdout is pure JSON
     if address is None:
+        if host == LOOPBACK:
+            _loopback_only()
         return ray.init(
             num_cpus=num_cpus,
             include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",  # loopback unless the user runs their own cluster
+            dashboard_host=host,
+            _node_ip_address=host,
             runtime_env=runtime_env,
             **kw,
         )
+    if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+        _loopback_only()  # a loopback head: keep Ray from rewriting the address to the interface's
     return ray.init(address=address, runtime_env=runtime_env, **kw)
