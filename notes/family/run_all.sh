@@ -9,15 +9,17 @@ COMMIT=$(git rev-parse --short HEAD)
 SNAP=/tmp/heads/snap-$COMMIT
 mkdir -p $SNAP && git archive HEAD vlaforge configs | tar -x -C $SNAP
 export PYTHONPATH=$SNAP
+# Ray puts the driver's working directory first on its workers' sys.path: run from the snapshot too (a run
+# started from the worktree had its eval workers import a later merge and fail to load its checkpoint).
 ORDER=${ORDER:-"gaussian:0 tokens:0 diffusion:0 flow:0 gaussian:1 tokens:1 diffusion:1 flow:1"}
 for item in $ORDER; do
   head=${item%%:*}; seed=${item##*:}
   run=/work/wt/heads/runs/family-$head-s$seed
   [ -f notes/family/$head-s$seed.json ] && continue
-  cmd="nice -n 10 .venv/bin/vlaforge train $SNAP/configs/family.yaml policy.head.type=$head seed=$seed train.seed=$seed --run-dir $run"
+  cmd="nice -n 10 /work/wt/heads/.venv/bin/vlaforge train $SNAP/configs/family.yaml policy.head.type=$head seed=$seed train.seed=$seed --run-dir $run"
   echo "$(date -u +%FT%TZ) start $head seed $seed: $cmd"
   start=$(date +%s)
-  $cmd > /tmp/heads/family-$head-s$seed.log 2>&1
+  (cd $SNAP && $cmd) > /tmp/heads/family-$head-s$seed.log 2>&1
   rc=$?
   wall=$(( $(date +%s) - start ))
   echo "$(date -u +%FT%TZ) end $head seed $seed rc=$rc wall=${wall}s"
