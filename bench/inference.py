@@ -8,8 +8,11 @@ plan time. Prints JSON. Timings on shared cores are noisy: compare medians of re
 
     python bench/inference.py [--quick] [--backbone default|pretrained-lite|hf-tiny|hf-smolvlm-shape|hf]
                               [--vlm-path DIR] [--vlm-layers N] [--vision cnn|efficientnet_lite0] [--batch 1 8]
+                              [--head gaussian|tokens|diffusion|flow]
 
 Backbones: see bench/backbones.py (default, pretrained-lite, hf-tiny, hf-smolvlm-shape, hf + --vlm-path).
+Heads: head_sample = one chunk from the readout (the autoregressive decoding or the denoising steps);
+plan_ms_per_action = plan / n_action_steps (latency per executed action with chunking).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
     with torch.inference_mode():
         processor_t = _time(lambda: proc(obs), iters, warmup)
         forward_t = _time(lambda: policy(prepared), iters, warmup)
+        out = policy(prepared)
+        sample_t = _time(lambda: policy.act(out, deterministic=True), iters, warmup)  # the action head's decoding
 
     def plan():  # one re-plan of every env, exactly the runner's path
         runner.reset()
@@ -88,6 +93,8 @@ def bench(batch: int, policy, proc: VLAProcessor, spec: PolicySpec, n_steps: int
         "processor": processor_t,
         "forward": forward_t,
         "plan": plan_t,
+        "head_sample": sample_t,
+        "plan_ms_per_action": round(plan_t["median_ms"] / n_steps, 3),  # latency per executed action (chunking)
         "runner_step_amortised": step_t,  # read mean_ms: most steps only pop a queue
         "chunks_per_s": round(1 / fwd_s, 1),
         # the brief's figure: n_action_steps / forward time, per env and for the whole batch
@@ -110,6 +117,7 @@ def main() -> None:
     ap.add_argument("--vision", default="cnn", help="default backbone: vision type (cnn, efficientnet_lite0)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 200; --quick 10)")
+    ap.add_argument("--head", default="gaussian", help="action head type (gaussian, tokens, diffusion, flow)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -117,6 +125,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vlaforge-bench-"))
     with contextlib.redirect_stdout(sys.stderr):
         cfg = PolicyConfig(**backbone_config(args.backbone, tmp, args.vision, args.vlm_path, args.vlm_layers))
+    cfg = cfg.model_copy(update={"head": cfg.head.model_copy(update={"type": args.head})})
     spec = PolicySpec(image_shape=(1, 64, 64, 3), state_dim=39, action_dim=4)
     stats = {
         "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39},
@@ -134,7 +143,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "config": {"backbone": args.backbone, "backbone_cfg": cfg.backbone.model_dump(mode="json"),
+        "config": {"backbone": args.backbone, "backbone_cfg": cfg.backbone.model_dump(mode="json"), "head": args.head,
                    "vision": cfg.vision.type, "language": cfg.language.type, "dim": cfg.dim, "layers": cfg.layers, "chunk_size": cfg.chunk_size,
                    "n_action_steps": cfg.n_action_steps, "image_shape": list(spec.image_shape),
                    "state_dim": spec.state_dim, "action_dim": spec.action_dim},

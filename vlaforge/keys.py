@@ -45,6 +45,12 @@ VLM_INPUTS = "vlm_inputs"  # TensorDict (B,) replacing PIXELS/TOKENS for backbon
 # -- model outputs -----------------------------------------------------------------------------------
 ACTION_MEAN = "action_mean"  # float32 (B, K, A), normalised action space
 ACTION_LOG_STD = "action_log_std"  # float32 (B, K, A)
+HEAD_FEATURES = "head_features"  # float32 (B, K, dim): the backbone readout a generative head conditions on
+
+# -- what an action head needs to recompute a sampled chunk's log-prob (vlaforge/policies/heads/) ---------
+HEAD_EXTRAS = "head_extras"  # TensorDict (B,): per-head extras, stored by the rollout actor with the chunk
+ACTION_TOKENS = "action_tokens"  # int64 (B, N) under HEAD_EXTRAS: the token head's sampled token sequence
+DENOISE_CHAIN = "denoise_chain"  # float32 (B, S+1, K, A) under HEAD_EXTRAS: x_T .. x_0 of a diffusion/flow chain
 
 # -- reward model (vlaforge/policies/reward_model.py) ------------------------------------------------
 RM_LOGIT = "rm_logit"  # float32 (B,): success logit (kind "success") or per-frame score (kind "preference")
@@ -64,4 +70,5 @@ VALUE_TARGET = "value_target"  # float32 (..., 1): regression target of the valu
 OLD_VALUE = "old_state_value"  # float32 (..., 1): VALUE at sampling time, kept beside the model's new VALUE
 REF_ACTION_MEAN = "ref_action_mean"  # float32 (..., K, A): the frozen reference policy's mean
 REF_ACTION_LOG_STD = "ref_action_log_std"  # float32 (..., K, A)
+REF_LOG_PROB = "ref_log_prob"  # float32 (...,): the frozen reference's log-prob of the stored chunk (k3 KL)
 GROUP_ID = "group_id"  # int64 (B, T), constant along T: rows started from the same initial state share it (GRPO/RLOO)

@@ -11,7 +11,7 @@ from tensordict import TensorDict
 
 from vlaforge import keys
 from vlaforge.learners.config import PPOConfig, TrainConfig
-from vlaforge.learners.ppo import ChunkClipLoss, PPOObjective, gaussian_kl
+from vlaforge.learners.ppo import ChunkClipLoss, PPOObjective
 from vlaforge.learners.registry import build_objective
 from vlaforge.policies import PolicyConfig, PolicySpec, build_policy
 
@@ -111,14 +111,19 @@ def test_reference_kl_analytic_and_k3(policy):
                      batch_size=[n])
     chunk = policy.sample(out, generator=torch.Generator().manual_seed(3))
     pad = torch.arange(K).expand(n, K) >= N_EXEC
+    ref = TensorDict({keys.ACTION_MEAN: mean[:1].expand(n, K, A) + 0.3, keys.ACTION_LOG_STD: log_std[:1].expand(n, K, A)},
+                     batch_size=[n])
     big = out.clone()
+    # k3 reads the reference's log-prob of the stored chunk (the RL learner precomputes it once per update)
     big.update({keys.ACTION_CHUNK: chunk, keys.ACTION_PAD: pad, keys.LOG_PROB: policy.log_prob(out, chunk, pad),
-                keys.ADVANTAGE: torch.zeros(n, 1), keys.REF_ACTION_MEAN: mean[:1].expand(n, K, A) + 0.3,
-                keys.REF_ACTION_LOG_STD: log_std[:1].expand(n, K, A)})
+                keys.ADVANTAGE: torch.zeros(n, 1), keys.REF_LOG_PROB: policy.log_prob(ref, chunk, pad)})
     k3 = ChunkClipLoss(policy, PPOConfig(kl_coef=0.1, kl_estimator="k3"))(big)
     assert float(k3["kl_ref"]) == pytest.approx(expected, rel=0.1)
-    same = gaussian_kl(mean, log_std, mean, log_std, torch.ones(B, K))
-    assert float(same.abs().max()) < 1e-6
+    # "auto" is the analytic KL for the gaussian head
+    auto = ChunkClipLoss(policy, PPOConfig(kl_coef=0.1))(td)
+    assert float(auto["kl_ref"]) == pytest.approx(expected, rel=1e-5)
+    same = policy.head.analytic_kl(td, td, pad=torch.zeros(B, K, dtype=torch.bool))
+    assert float(same.detach().abs().max()) < 1e-6
 
 
 def test_critic_warmup_detaches_policy_terms_and_backbone(policy):
@@ -153,3 +158,12 @@ def test_shape_guards_explain_the_fix(policy):
                              PolicySpec(image_shape=(1, 16, 16, 3), state_dim=2, action_dim=A))
     with pytest.raises(ValueError, match="value_head"):
         build_objective("ppo", TrainConfig(objective="ppo"), no_critic)
+
+
+def test_k3_kl_is_bounded_per_sample(policy):
+    """A chain log-prob can move tens of nats in one step: exp() of that must not swamp the loss."""
+    td = batch(policy)
+    lp = td.get(keys.LOG_PROB)
+    td.set(keys.REF_LOG_PROB, lp + torch.tensor([30.0, 0.0] * (B // 2)))  # reference far more likely on half
+    out = ChunkClipLoss(policy, PPOConfig(kl_coef=0.1, kl_estimator="k3"))(td)
+    assert float(out["kl_ref"]) == pytest.approx(10.0 / 2, rel=1e-5)  # clamped at 10 on half, 0 on the rest

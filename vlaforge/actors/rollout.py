@@ -2,12 +2,14 @@
 
 Decision level. One trajectory time step is one policy DECISION: the policy plans a chunk of K actions
 for all B simulators in ONE batched forward pass, and the first n = n_action_steps of them run
-open-loop. PPO (learners) treats the chunk as ONE action: its log-prob is the Gaussian log-density of the
-chunk as sampled, summed over the EXECUTED positions, and its reward is the sum of the env rewards over
-those steps. A chunk cut by an episode end (success or time limit at position j < n-1) has positions
-j+1.. masked (``ACTION_PAD`` True), so the learner recomputes exactly the stored quantity with
-``policy.log_prob(out, td[ACTION_CHUNK], pad=td[ACTION_PAD])``. That is why the worker plans itself
-rather than through ``PolicyRunner``: the mask is known only after the chunk ran. (Discounting per
+open-loop. PPO (learners) treats the chunk as ONE action: its log-prob is the action head's (gaussian: the
+log-density of the chunk as sampled, summed over the EXECUTED positions; tokens / diffusion / flow: see
+vlaforge/policies/heads/), and its reward is the sum of the env rewards over those steps. A chunk cut by an
+episode end (success or time limit at position j < n-1) has positions j+1.. marked (``ACTION_PAD`` True),
+and whatever else the head needs to recompute the log-prob (the token sequence, the denoising chain) is
+stored under ``HEAD_EXTRAS``, so the learner recomputes exactly the stored quantity with
+``policy.log_prob(out, td[ACTION_CHUNK], td[ACTION_PAD], td[HEAD_EXTRAS])``. That is why the worker plans
+itself rather than through ``PolicyRunner``: the mask is known only after the chunk ran. (Discounting per
 decision is the learner's choice; ``EXEC_STEPS`` gives the env steps each decision covered.)
 
 Per decision t, the TensorDict [B, T] holds (keys from vlaforge.keys):
@@ -15,7 +17,9 @@ Per decision t, the TensorDict [B, T] holds (keys from vlaforge.keys):
                              instruction strings, task_index)
     action_chunk             float32 (B, T, K, A) normalised chunk as sampled
     action_is_pad            bool    (B, T, K)    True = position not executed
-    action_log_prob          float32 (B, T)       over the executed positions
+    action_log_prob          float32 (B, T)       the head's log-prob (gaussian: over the executed positions)
+    head_extras/*            (B, T, ...)          what the head's log_prob needs (e.g. denoise_chain
+                             (B, T, S+1, K, A), action_tokens (B, T, N)); empty for the gaussian head
     state_value              float32 (B, T, 1)    at decision time (policies with a value head)
     exec_steps               int64   (B, T)       env steps covered (1..n)
     policy_version           int64   (B, T)       weights version that planned the chunk
@@ -212,10 +216,11 @@ class RolloutWorker:
         n = self.policy_cfg.n_action_steps
         prepared = self.processor(obs, train=False, device=self.device)
         out = self.policy(prepared)
-        chunk = self.policy.sample(out, self.cfg.deterministic, self._gen)  # (B, K, A) normalised
+        act = self.policy.act(out, self.cfg.deterministic, self._gen)  # ACTION_CHUNK (B, K, A) normalised, extras
+        chunk = act.get(keys.ACTION_CHUNK)
         raw = self.processor.unnormalize_action(chunk[:, :n])  # (B, n, A)
         raw = raw.clamp(self.env.spec.action_low, self.env.spec.action_high)
-        return out, chunk, raw.cpu()
+        return out, chunk, act.get(keys.HEAD_EXTRAS), raw.cpu()
 
     def _rollout(self, rows: list[TensorDict], num_steps: int, version: int, timing: dict[str, float]) -> EpisodeStats:
         """Append ``num_steps`` decision rows [B] to ``rows`` (the caller sees how far it got if the env fails)."""
@@ -236,7 +241,7 @@ class RolloutWorker:
             obs = self._obs
             t0 = time.perf_counter()
             with torch.no_grad():
-                out, chunk, raw = self._plan(obs)
+                out, chunk, extras, raw = self._plan(obs)
             t1 = time.perf_counter()
             try:
                 outcome = run_chunk(self.env, raw)  # (B, n, A) open-loop
@@ -246,9 +251,10 @@ class RolloutWorker:
             pad = torch.ones(chunk.shape[:2], dtype=torch.bool)  # (B, K): positions >= n never execute
             pad[:, : outcome.executed.shape[1]] = ~outcome.executed
             with torch.no_grad():
-                log_prob = self.policy.log_prob(out, chunk, pad.to(chunk.device)).cpu()  # (B,)
+                # the learner's exact call (same pad, same extras): ratio == 1 before its first step
+                log_prob = self.policy.log_prob(out, chunk, pad.to(chunk.device), extras).cpu()  # (B,)
             value = out.get(keys.VALUE).cpu() if keys.VALUE in out.keys() else None
-            row = decision_row(obs, chunk.cpu(), pad, log_prob, value, outcome, version)
+            row = decision_row(obs, chunk.cpu(), pad, log_prob, value, outcome, version, extras.cpu())
             if group_id is not None:
                 row.set(keys.GROUP_ID, group_id)
             rows.append(row)

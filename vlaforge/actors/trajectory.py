@@ -103,8 +103,10 @@ def decision_row(
     value: torch.Tensor | None,
     outcome: ChunkOutcome,
     version: int,
+    extras: TensorDictBase | None = None,
 ) -> TensorDict:
-    """One time step [B] of the trajectory (keys: see the RolloutWorker docstring)."""
+    """One time step [B] of the trajectory (keys: see the RolloutWorker docstring). ``extras``: the head's
+    HEAD_EXTRAS from ``policy.act`` (what its log_prob needs besides the chunk); None = none."""
     b = chunk.shape[0]
     row = TensorDict(
         {
@@ -113,6 +115,7 @@ def decision_row(
             keys.LOG_PROB: log_prob,  # (B,) over the executed positions
             keys.EXEC_STEPS: outcome.exec_steps,  # (B,)
             keys.POLICY_VERSION: torch.full((b,), int(version), dtype=torch.int64),
+            keys.HEAD_EXTRAS: extras if extras is not None else TensorDict({}, batch_size=[b]),
         },
         batch_size=[b],
     )

@@ -26,9 +26,10 @@ class ClipObjectiveConfig(StrictModel):
     clip_epsilon_high: float | None = Field(None, gt=0.0)  # asymmetric upper clip (DAPO "clip-higher"); None: = eps
     entropy_coef: float = Field(0.0, ge=0.0)  # entropy bonus on the executed chunk positions
     kl_coef: float = Field(0.0, ge=0.0)  # penalty on KL(policy || reference); 0 skips the reference forward
-    # "analytic": exact KL of the two diagonal Gaussians over the executed positions (low variance);
-    # "k3": Schulman's estimator (r - 1 - log r, r = p_ref / p) at the sampled chunk (as GRPO/DeepSeek).
-    kl_estimator: Literal["analytic", "k3"] = "analytic"
+    # "analytic": exact KL of the two diagonal Gaussians over the executed positions (low variance; gaussian
+    # head only); "k3": Schulman's estimator (r - 1 - log r, r = p_ref / p) at the sampled chunk (as
+    # GRPO/DeepSeek; every head); "auto": analytic where the action head has a closed form, else k3.
+    kl_estimator: Literal["auto", "analytic", "k3"] = "auto"
     target_kl: float | None = Field(None, gt=0.0)  # stop the update's remaining epochs once approx_kl exceeds it
     augment: bool = False  # processor image augmentation during RL (changes log-probs: ratio != 1 at epoch 0)
 

@@ -143,7 +143,7 @@ class GRPOObjective(ChunkClipLoss):
         if n < ctx.world_size:  # too few (e.g. every group uniform): every rank gets none, the learner skips
             mine = TensorDict({keys.ADVANTAGE: torch.zeros(0, 1)}, batch_size=[0])
         else:
-            samples = batch.select(*(k for k in SAMPLE_KEYS if k != keys.ADVANTAGE)).clone(recurse=False)
+            samples = batch.select(*(k for k in SAMPLE_KEYS if k != keys.ADVANTAGE), strict=False).clone(recurse=False)
             samples.set(keys.ADVANTAGE, row_adv[:, None, None].expand(b, t, 1).clone())
             mine = samples.reshape(-1)[idx[shard_rows(n, ctx.rank, ctx.world_size, self.baseline)]]
         metrics = {

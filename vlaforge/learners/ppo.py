@@ -6,9 +6,12 @@
     loss_entropy   = -entropy_coef * mean(H[pi(. | s)] over the executed positions)
     loss_kl        = kl_coef * mean(KL(pi || pi_ref))   (analytic Gaussian KL, or k3 at the sampled chunk)
 
-The chunk is ONE action of a decision-level MDP (vlaforge/learners/advantages.py): its log-prob is the sum
-of the Gaussian log-densities of the positions that actually ran (``ACTION_PAD`` False), exactly what the
-rollout actor stored, so ratio == 1 when the weights did not move.
+The chunk is ONE action of a decision-level MDP (vlaforge/learners/advantages.py): its log-prob is whatever
+the policy's action head defines (vlaforge/policies/heads/): the gaussian head sums the log-densities of the
+positions that actually ran (``ACTION_PAD`` False), the token head sums token log-probs, the diffusion and
+flow heads sum the Gaussian steps of the stored denoising chain (``HEAD_EXTRAS``). The loss only calls
+``policy.log_prob(td, chunk, pad, extras)`` / ``policy.entropy(...)`` -- exactly what the rollout actor
+stored, so ratio == 1 when the weights did not move -- and holds no head-specific code.
 
 Why not TorchRL's ``ClipPPOLoss`` (it fits one Gaussian action per step): (1) it builds the distribution
 from a ProbabilisticTensorDictModule and has no notion of a per-sample mask over the chunk positions --
@@ -34,6 +37,7 @@ from vlaforge.learners.config import ClipObjectiveConfig, PPOConfig, TrainConfig
 from vlaforge.learners.registry import register_objective
 
 _MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps ratios finite (a chunk log-prob sums K x A dims)
+_MAX_K3 = 10.0  # per-sample bound of the k3 KL estimate (verl's low_var_kl clamps at 10 as well)
 
 
 @dataclass
@@ -57,12 +61,18 @@ def _need(td: TensorDictBase, key: Any, shape: tuple[int, ...] | None, hint: str
     return x
 
 
-def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, ref_mean: torch.Tensor, ref_log_std: torch.Tensor,
-                valid: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, std) || N(ref_mean, ref_std)) summed over A and the valid (B, K) positions -> (B,)."""
-    var_ratio = torch.exp(2 * (log_std - ref_log_std))
-    kl = ref_log_std - log_std + 0.5 * (var_ratio + ((mean - ref_mean) * torch.exp(-ref_log_std)).pow(2)) - 0.5
-    return (kl.sum(-1) * valid).sum(-1)
+REF_PREFIX = "ref_"  # the reference's outputs needed by an analytic KL sit under ref_<key> (REF_ACTION_MEAN, ...)
+
+
+def kl_mode(policy: nn.Module, estimator: str) -> str:
+    """Resolve kl_estimator "auto" for this policy's head; "analytic" on a head without one is an error."""
+    analytic = bool(getattr(policy.head, "has_analytic_kl", False))
+    if estimator == "auto":
+        return "analytic" if analytic else "k3"
+    if estimator == "analytic" and not analytic:
+        raise ValueError(f"train.ppo/grpo.kl_estimator 'analytic' needs a head with a closed-form KL (gaussian); "
+                         f"policy.head.type {policy.cfg.head.type!r} has none: use kl_estimator k3 (or auto)")
+    return estimator
 
 
 class ChunkClipLoss(nn.Module):
@@ -84,34 +94,35 @@ class ChunkClipLoss(nn.Module):
     def policy(self) -> nn.Module:
         return self._policy
 
+    @property
+    def kl_mode(self) -> str:
+        return kl_mode(self.policy, self.cfg.kl_estimator)
+
     def forward(self, td: TensorDictBase) -> TensorDict:
-        mean = _need(td, keys.ACTION_MEAN, None, "merge the model output into the samples")
-        if mean.ndim != 3:
-            raise ValueError(f"chunk PPO loss: {keys.ACTION_MEAN} must be (B, K, A), got {tuple(mean.shape)}")
-        b, k, a = mean.shape
-        _need(td, keys.ACTION_LOG_STD, (b, k, a), "model output")
-        chunk = _need(td, keys.ACTION_CHUNK, (b, k, a), "the normalised chunk as sampled; policy chunk_size / "
-                      "action_dim must match the rollout's")
+        chunk = _need(td, keys.ACTION_CHUNK, None, "the normalised chunk as sampled")
+        if chunk.ndim != 3:
+            raise ValueError(f"chunk PPO loss: {keys.ACTION_CHUNK} must be (B, K, A), got {tuple(chunk.shape)}")
+        b, k, a = chunk.shape
         pad = _need(td, keys.ACTION_PAD, (b, k), "True = position not executed, as stored by the rollout actor").bool()
-        old_lp = _need(td, keys.LOG_PROB, (b,), "old log-prob of the chunk over the executed positions (B,)").float()
+        old_lp = _need(td, keys.LOG_PROB, (b,), "old log-prob of the chunk as stored by the rollout (B,)").float()
         advantage = _need(td, keys.ADVANTAGE, None, "run the objective's prepare() (GAE / group advantages)")
         if advantage.numel() != b:
             raise ValueError(f"chunk PPO loss: {keys.ADVANTAGE} must be (B,) or (B, 1) with B={b}, "
                              f"got {tuple(advantage.shape)}")
         advantage = advantage.reshape(b).float()
-        valid = (~pad).to(mean.dtype)  # (B, K)
+        extras = td.get(keys.HEAD_EXTRAS) if keys.HEAD_EXTRAS in td.keys() else None  # e.g. the denoising chain
 
-        new_lp = self.policy.log_prob(td, chunk, pad).float()  # (B,)
+        new_lp = self.policy.log_prob(td, chunk, pad, extras).float()  # (B,)
         log_ratio = (new_lp - old_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
         ratio = torch.exp(log_ratio)  # (B,)
         clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
         surrogate = torch.minimum(ratio * advantage, clipped * advantage)  # (B,)
-        entropy = self.policy.entropy(td, pad).float()  # (B,) nats per chunk (executed positions)
+        entropy = self.policy.entropy(td, pad, extras).float()  # (B,) nats per chunk (or the head's stand-in)
 
         out: dict[str, torch.Tensor] = {}
         pol_terms = {"loss_objective": -surrogate.mean(), "loss_entropy": -self.cfg.entropy_coef * entropy.mean()}
-        kl = self._kl(td, new_lp, valid) if self.cfg.kl_coef > 0 else None
-        pol_terms["loss_kl"] = self.cfg.kl_coef * kl.mean() if kl is not None else torch.zeros((), device=mean.device)
+        kl = self._kl(td, new_lp, pad) if self.cfg.kl_coef > 0 else None
+        pol_terms["loss_kl"] = self.cfg.kl_coef * kl.mean() if kl is not None else torch.zeros((), device=chunk.device)
         for name, term in pol_terms.items():
             out[name] = term if self.policy_enabled else term.detach() * 0.0
         if self.uses_critic:
@@ -123,23 +134,26 @@ class ChunkClipLoss(nn.Module):
             out["approx_kl"] = ((torch.exp(lr) - 1.0) - lr).mean()  # k3 estimate of KL(old || new)
             out["entropy"] = entropy.detach().mean()
             out["ratio_mean"], out["ratio_max"] = ratio.detach().mean(), ratio.detach().max()
-            out["log_std_mean"] = td.get(keys.ACTION_LOG_STD).detach().float().mean()
+            if keys.ACTION_LOG_STD in td.keys():
+                out["log_std_mean"] = td.get(keys.ACTION_LOG_STD).detach().float().mean()
             if kl is not None:
                 out["kl_ref"] = kl.detach().mean()
         return TensorDict(out, batch_size=[])
 
-    def _kl(self, td: TensorDictBase, new_lp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        b, k, a = td.get(keys.ACTION_MEAN).shape
+    def _kl(self, td: TensorDictBase, new_lp: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         hint = "reference policy output: the learner precomputes it when kl_coef > 0"
-        ref_mean = _need(td, keys.REF_ACTION_MEAN, (b, k, a), hint).float()
-        ref_log_std = _need(td, keys.REF_ACTION_LOG_STD, (b, k, a), hint).float()
-        if self.cfg.kl_estimator == "analytic":
-            return gaussian_kl(td.get(keys.ACTION_MEAN).float(), td.get(keys.ACTION_LOG_STD).float(),
-                               ref_mean, ref_log_std, valid)
-        ref = TensorDict({keys.ACTION_MEAN: ref_mean, keys.ACTION_LOG_STD: ref_log_std}, batch_size=[b])
-        ref_lp = self.policy.log_prob(ref, td.get(keys.ACTION_CHUNK), td.get(keys.ACTION_PAD).bool()).float()
+        b = new_lp.shape[0]
+        if self.kl_mode == "analytic":
+            head = self.policy.head
+            ref = TensorDict({k: _need(td, REF_PREFIX + k, None, hint).float() for k in head.reference_keys()},
+                             batch_size=[b])
+            return head.analytic_kl(td, ref, pad)
+        ref_lp = _need(td, keys.REF_LOG_PROB, (b,), hint).float()
         log_r = (ref_lp - new_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # log p_ref / p at the sampled chunk
-        return torch.exp(log_r) - 1.0 - log_r  # k3 >= 0, unbiased for KL(pi || ref) under pi's samples
+        k3 = torch.exp(log_r) - 1.0 - log_r  # >= 0, unbiased for KL(pi || ref) under pi's samples
+        # Bounded as verl's low_var_kl: a chain log-prob (diffusion / flow: S x K x A Gaussian terms) can move
+        # tens of nats in one step, and exp() of that would let one sample's KL term swamp the whole gradient.
+        return k3.clamp(max=_MAX_K3)
 
     def _critic(self, td: TensorDictBase, b: int) -> dict[str, torch.Tensor]:
         hint = "PPO needs the policy built with value_head=True and the objective's prepare() targets"
@@ -159,7 +173,7 @@ class ChunkClipLoss(nn.Module):
 
 
 # -- PPO: GAE on this rank's rows of the rollout batch ------------------------------------------------
-SAMPLE_KEYS = (keys.OBS, keys.ACTION_CHUNK, keys.ACTION_PAD, keys.LOG_PROB, keys.ADVANTAGE)
+SAMPLE_KEYS = (keys.OBS, keys.ACTION_CHUNK, keys.ACTION_PAD, keys.LOG_PROB, keys.ADVANTAGE, keys.HEAD_EXTRAS)
 
 
 def shard_rows(n: int, rank: int, world_size: int, what: str) -> torch.Tensor:
@@ -217,7 +231,7 @@ class PPOObjective(ChunkClipLoss):
                        explained_variance_rollout=float(1.0 - res_std**2 / max(float(t_std) ** 2, 1e-8)))
         if cfg.normalize_advantage:
             shard.set(keys.ADVANTAGE, adv.normalize_advantages(a, ones, ctx.reduce))
-        samples = shard.select(*SAMPLE_KEYS, keys.VALUE_TARGET).reshape(-1)  # [B_r * T]
+        samples = shard.select(*SAMPLE_KEYS, keys.VALUE_TARGET, strict=False).reshape(-1)  # [B_r * T]
         samples.set(keys.OLD_VALUE, old.reshape(-1, 1))
         return samples, metrics
 

@@ -29,7 +29,7 @@ from vlaforge import keys
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor, _model, init_distributed
 from vlaforge.learners.engine import ds_config, lr_scheduler, seed_everything
-from vlaforge.learners.ppo import RLContext
+from vlaforge.learners.ppo import REF_PREFIX, RLContext
 from vlaforge.learners.registry import OBJECTIVES, build_objective, total_loss
 from vlaforge.runtime import checkpoint as ckpt
 from vlaforge.runtime.process import apply_process_env, set_threads
@@ -89,6 +89,8 @@ class RLLearnerActor(LearnerActor):
         self.objective = build_objective(name, self.train_cfg, model)
         self.rl_cfg = self.objective.cfg
         self.ref = ref if self.rl_cfg.kl_coef > 0 else None  # no KL: no reference forward, no memory
+        if self.ref is not None:
+            self.kl_mode = self.objective.kl_mode  # "analytic" on a head without one fails here, before any update
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -130,15 +132,22 @@ class RLLearnerActor(LearnerActor):
 
     @torch.no_grad()
     def _reference(self, samples: TensorDictBase) -> None:
-        """REF_ACTION_MEAN / REF_ACTION_LOG_STD for every sample: once per update (the reference is frozen)."""
-        means, stds = [], []
+        """Once per update (the reference is frozen): analytic KL -> the reference head's outputs it needs
+        (ref_<key>, e.g. REF_ACTION_MEAN / REF_ACTION_LOG_STD); k3 -> REF_LOG_PROB, the reference's log-prob
+        of the stored chunk (+ head extras), the same call PPO makes on the trained policy."""
+        head_keys = self.ref.head.reference_keys() if self.kl_mode == "analytic" else ()
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         for i in range(0, samples.batch_size[0], _EVAL_CHUNK):
-            obs = samples[i : i + _EVAL_CHUNK].select(keys.OBS)
-            out = self.ref(self.processor(obs, train=False, device=self.engine.device))  # float32, not DeepSpeed's
-            means.append(out.get(keys.ACTION_MEAN).float().cpu())
-            stds.append(out.get(keys.ACTION_LOG_STD).float().cpu())
-        samples.set(keys.REF_ACTION_MEAN, torch.cat(means))
-        samples.set(keys.REF_ACTION_LOG_STD, torch.cat(stds))
+            mb = samples[i : i + _EVAL_CHUNK]
+            out = self.ref(self.processor(mb.select(keys.OBS), train=False, device=self.engine.device))  # float32
+            for k in head_keys:
+                parts[REF_PREFIX + k].append(out.get(k).float().cpu())
+            if self.kl_mode != "analytic":
+                extras = mb.get(keys.HEAD_EXTRAS) if keys.HEAD_EXTRAS in mb.keys() else None
+                lp = self.ref.log_prob(out, mb.get(keys.ACTION_CHUNK), mb.get(keys.ACTION_PAD).bool(), extras)
+                parts[keys.REF_LOG_PROB].append(lp.float().cpu())
+        for k, v in parts.items():
+            samples.set(k, torch.cat(v))
 
     def _reduce_mean(self, sums: dict[str, float], count: int) -> dict[str, float]:
         names = sorted(sums)
@@ -184,7 +193,7 @@ class RLLearnerActor(LearnerActor):
                 mb = samples[idx]
                 inp = self._maybe_nan(self._inputs(mb, cfg.augment))
                 inp.update(mb.exclude(keys.OBS).to(self.engine.device))
-                out = self.engine(inp)  # ACTION_MEAN, ACTION_LOG_STD (b, K, A) [+ VALUE (b, 1)]
+                out = self.engine(inp)  # the head's output (e.g. ACTION_MEAN / HEAD_FEATURES) [+ VALUE (b, 1)]
                 losses = obj(inp.update(out))
                 loss = total_loss(losses)
                 lr = self.engine.get_lr()[0]

@@ -57,7 +57,8 @@ def synthetic_rollout(
     was_training = policy.training
     policy.eval()
     out = policy(processor(flat, train=False))
-    chunk = policy.sample(out, generator=g)  # (B*T, K, A) normalised
+    act = policy.act(out, generator=g)
+    chunk, extras = act.get(keys.ACTION_CHUNK), act.get(keys.HEAD_EXTRAS)  # (B*T, K, A) normalised, head extras
     k = chunk.shape[1]
     terminated = torch.rand(b, t, 1, generator=g) < p_terminated
     truncated = (torch.rand(b, t, 1, generator=g) < p_truncated) & ~terminated
@@ -66,7 +67,7 @@ def synthetic_rollout(
     cut = torch.randint(1, n_action_steps + 1, (b, t), generator=g)
     exec_steps = torch.where(done.squeeze(-1), cut, torch.full_like(cut, n_action_steps))
     pad = torch.arange(k).expand(b, t, k) >= exec_steps.unsqueeze(-1)  # (B, T, K)
-    log_prob = policy.log_prob(out, chunk, pad.reshape(-1, k))  # (B*T,)
+    log_prob = policy.log_prob(out, chunk, pad.reshape(-1, k), extras)  # (B*T,)
     policy.train(was_training)
 
     nxt_obs = _obs(spec, b, t, g)  # terminal obs where done, and after the last decision
@@ -82,6 +83,7 @@ def synthetic_rollout(
             keys.LOG_PROB: log_prob.reshape(b, t),
             keys.EXEC_STEPS: exec_steps,
             keys.POLICY_VERSION: torch.full((b, t), int(version), dtype=torch.int64),
+            keys.HEAD_EXTRAS: extras.reshape(b, t),
             keys.NEXT: TensorDict(
                 {keys.OBS: nxt_obs, keys.REWARD: reward, keys.DONE: done, keys.TERMINATED: terminated,
                  keys.TRUNCATED: truncated, keys.SUCCESS: terminated.clone()},

@@ -111,8 +111,10 @@ class PolicyRunner:
             with torch.inference_mode():
                 prepared = self.processor(sub, train=False, device=dev)
                 out = self.policy(prepared)
-                chunk = self.policy.sample(out, self.deterministic, self.generator)  # (N, K, A) normalised
-                log_prob = self.policy.log_prob(out, chunk, self._exec_pad[: idx.numel()].to(dev))  # (N,)
+                act = self.policy.act(out, self.deterministic, self.generator)
+                chunk = act.get(keys.ACTION_CHUNK)  # (N, K, A) normalised
+                log_prob = self.policy.log_prob(out, chunk, self._exec_pad[: idx.numel()].to(dev),
+                                                act.get(keys.HEAD_EXTRAS))  # (N,)
                 raw = self.processor.unnormalize_action(chunk[:, : self.n_action_steps])  # (N, n, A)
                 raw = raw.clamp(self.action_low, self.action_high)
                 home = self._actions.device

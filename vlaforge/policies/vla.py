@@ -1,7 +1,9 @@
-"""VLAPolicy: prepared TensorDict (processor output) -> Gaussian over the normalised action chunk (+ value).
+"""VLAPolicy: prepared TensorDict (processor output) -> an action head's output over the normalised chunk (+ value).
 
     prepared inputs -> backbone (policy.backbone.type: "vlaforge" fusion | "hf" VLM; policies/backbones/)
-        -> readout (B, K, dim) -> head -> ACTION_MEAN, ACTION_LOG_STD (B, K, A)
+        -> readout (B, K, dim) -> head (policy.head.type, vlaforge/policies/heads/)
+                                    gaussian: ACTION_MEAN, ACTION_LOG_STD (B, K, A)
+                                    tokens / diffusion / flow: HEAD_FEATURES (B, K, dim)
                                -> value head (optional) -> VALUE (B, 1)
 """
 
@@ -13,7 +15,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
 from vlaforge.policies.config import PolicyConfig
-from vlaforge.policies.heads import ValueHead
+from vlaforge.policies.heads import ValueHead  # importing the package registers every head
 from vlaforge.policies.registry import BACKBONE_REGISTRY, HEAD_REGISTRY, POLICY_REGISTRY, register_policy
 from vlaforge.policies.spec import PolicySpec
 
@@ -41,14 +43,22 @@ class VLAPolicy(nn.Module):
         return out
 
     # -- distribution helpers (delegate to the head; all in the normalised action space) -------------
-    def log_prob(self, out: TensorDict, action_chunk: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head.log_prob(out, action_chunk, pad)  # (B,)
+    def act(self, out: TensorDictBase, deterministic: bool = False, generator: torch.Generator | None = None) -> TensorDict:
+        """-> TensorDict [B]: ACTION_CHUNK (B, K, A), LOG_PROB (B,) of the whole chunk, HEAD_EXTRAS (what
+        log_prob needs besides the chunk; the rollout stores it)."""
+        return self.head.sample(out, deterministic, generator)
 
-    def entropy(self, out: TensorDict, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head.entropy(out, pad)  # (B,)
+    def sample(self, out: TensorDictBase, deterministic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The chunk only (B, K, A) (evaluation); RL rollouts use ``act`` to keep the head's extras."""
+        return self.act(out, deterministic, generator).get(keys.ACTION_CHUNK)
 
-    def sample(self, out: TensorDict, deterministic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.head.sample(out, deterministic, generator)  # (B, K, A)
+    def log_prob(self, out: TensorDictBase, action_chunk: torch.Tensor, pad: torch.Tensor | None = None,
+                 extras: TensorDictBase | None = None) -> torch.Tensor:
+        return self.head.log_prob(out, action_chunk, pad, extras)  # (B,)
+
+    def entropy(self, out: TensorDictBase, pad: torch.Tensor | None = None,
+                extras: TensorDictBase | None = None) -> torch.Tensor:
+        return self.head.entropy(out, pad, extras)  # (B,)
 
     # -- what learners optimise and broadcast ---------------------------------------------------------
     def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
