@@ -1,4 +1,4 @@
-"""Put notes/family/table.py's output between the family-table markers of notes/readme-heads.md."""
+"""Put docs/family-runs/table.py's output between the family-table markers of notes/readme-heads.md."""
 
 import re
 import subprocess

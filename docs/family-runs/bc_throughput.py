@@ -3,7 +3,7 @@ recipe's policy (dim 128, 2 layers, chunk 8, 64 px, 39-d state, 4-d action), glo
 the learner builds (build_objective("bc")), AdamW. Heads are timed round-robin (reps x steps each) so that
 the shared machine's load hits them alike; prints the median per head as JSON.
 
-    python notes/family/bc_throughput.py [--steps 10] [--reps 3]
+    python docs/family-runs/bc_throughput.py [--steps 10] [--reps 3]
 """
 
 from __future__ import annotations

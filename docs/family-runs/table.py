@@ -1,10 +1,10 @@
-"""The family table (markdown) from notes/family/<head>-s<seed>.json and latency-<head>.json.
+"""The family table (markdown) from docs/family-runs/<head>-s<seed>.json and latency-<head>.json.
 
 Success: the pooled rate and a 95% Wilson interval over the episodes of all seeds (the same fixed initial
 states per seed: 10 per task x 2 tasks), then the per-seed rates. BC samples/s: bc_throughput.json (one
 thread, batch 64, heads timed round-robin); the in-run rates (2 DeepSpeed ranks) moved with the machine's
 load (other jobs) by 3x between runs, so they are listed per run in <head>-s<seed>.json only.
-    python notes/family/table.py > notes/family/table.md
+    python docs/family-runs/table.py > docs/family-runs/table.md
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Summarise one family-table run (run dir) into a JSON row: BC / PPO success, BC samples/s, params.
 
-    python notes/family/summarize.py RUN_DIR HEAD SEED > notes/family/HEAD-sSEED.json
+    python docs/family-runs/summarize.py RUN_DIR HEAD SEED > docs/family-runs/HEAD-sSEED.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reload every family run's final exported policy (policies/io.py, verified loading) and plan one chunk.
 
-    python notes/family/reload_check.py runs/family-*-s*
+    python docs/family-runs/reload_check.py runs/family-*-s*
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The family table's runs: 4 heads x 2 seeds, ONE at a time, niced. Each result is committed as it comes.
-#   nohup notes/family/run_all.sh > notes/family/run_all.log 2>&1 &
+#   nohup docs/family-runs/run_all.sh > docs/family-runs/run_all.log 2>&1 &
 set -u
 cd /work/wt/heads
 # Runs import a frozen copy of the code at the current commit (edits to the worktree during the ~80 min of
@@ -15,7 +15,7 @@ ORDER=${ORDER:-"gaussian:0 tokens:0 diffusion:0 flow:0 gaussian:1 tokens:1 diffu
 for item in $ORDER; do
   head=${item%%:*}; seed=${item##*:}
   run=/work/wt/heads/runs/family-$head-s$seed
-  [ -f notes/family/$head-s$seed.json ] && continue
+  [ -f docs/family-runs/$head-s$seed.json ] && continue
   cmd="nice -n 10 /work/wt/heads/.venv/bin/vlaforge train $SNAP/configs/family.yaml policy.head.type=$head seed=$seed train.seed=$seed --run-dir $run"
   echo "$(date -u +%FT%TZ) start $head seed $seed: $cmd"
   start=$(date +%s)
@@ -23,14 +23,14 @@ for item in $ORDER; do
   rc=$?
   wall=$(( $(date +%s) - start ))
   echo "$(date -u +%FT%TZ) end $head seed $seed rc=$rc wall=${wall}s"
-  tail -n 25 /tmp/heads/family-$head-s$seed.log > notes/family/$head-s$seed.tail.txt
+  tail -n 25 /tmp/heads/family-$head-s$seed.log > docs/family-runs/$head-s$seed.tail.txt
   if [ $rc -eq 0 ]; then
-    .venv/bin/python notes/family/summarize.py $run $head $seed \
+    .venv/bin/python docs/family-runs/summarize.py $run $head $seed \
       | .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); d['wall_s']=$wall; d['command']='$cmd'; d['commit']='$COMMIT'; print(json.dumps(d, indent=1))" \
-      > notes/family/$head-s$seed.json
+      > docs/family-runs/$head-s$seed.json
   fi
   for i in 1 2 3 4 5; do
-    git add notes/family && git commit -qm "family table: $head seed $seed (rc=$rc, ${wall}s)" -- notes/family && break
+    git add docs/family-runs && git commit -qm "family table: $head seed $seed (rc=$rc, ${wall}s)" -- docs/family-runs && break
     sleep 5
   done
 done
