@@ -284,3 +284,18 @@ def test_reads_dataset_written_elsewhere(tmp_path, synth):
     sub = r.load([2], cameras=[synth.CAM])  # second episode of video file 1
     assert np.abs(sub[synth.CAM].astype(np.int16) - eps[2][synth.CAM]).mean() < 8
     assert "observation.images.wrist" not in sub
+
+
+def test_av1_encoding_leaves_the_process_scheduling_alone(tmp_path):
+    """libsvtav1 switches the encoding thread to SCHED_FIFO 99 when it may (root); every child forked later
+    inherited real-time priority. The encoder must hand the thread back as it found it."""
+    import os
+
+    import numpy as np
+
+    from vlaforge.data.video import encode_video
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    encode_video(frames, tmp_path / "a.mp4", fps=10, codec="av1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before

@@ -22,6 +22,28 @@ os.environ.setdefault("SVT_LOG", "1")
 import av  # noqa: E402  (after SVT_LOG)
 
 
+def _scheduling() -> tuple[int, os.sched_param] | None:
+    try:
+        return os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def _restore_scheduling(saved: tuple[int, os.sched_param] | None) -> None:
+    """Undo SVT-AV1's scheduling change. libsvtav1 (the AV1 encoder in PyAV's FFmpeg) switches the calling
+    thread to SCHED_FIFO priority 99 whenever it is allowed to (as root: every CI run here). Every process
+    forked afterwards (Ray nodes, wandb, test subprocesses) then inherited real-time priority, and a few of
+    them spinning at it starved the 2-core machine (load average 330, minute-long stalls). Measured
+    2026-12-02: tests/data/test_format.py left pytest at SCHED_FIFO before this restore."""
+    if saved is None:
+        return
+    try:
+        if os.sched_getscheduler(0) != saved[0] or os.sched_getparam(0).sched_priority != saved[1].sched_priority:
+            os.sched_setscheduler(0, saved[0], saved[1])
+    except OSError:
+        pass
+
+
 @dataclass(frozen=True)
 class Codec:
     encoder: str  # PyAV / FFmpeg encoder name
@@ -59,6 +81,7 @@ class VideoFileEncoder:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.height, self.width, self.fps = height, width, fps
+        self._sched = _scheduling()  # restored after every encoder call (_restore_scheduling)
         self._container = av.open(str(self.path), "w")
         self._stream = self._container.add_stream(c.encoder, rate=fps, options=dict(c.options))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, c.pix_fmt
@@ -76,7 +99,10 @@ class VideoFileEncoder:
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts, frame.time_base = self.frames_written, self._time_base
-            self._mux(self._stream.encode(frame))
+            try:
+                self._mux(self._stream.encode(frame))
+            finally:
+                _restore_scheduling(self._sched)
             self.frames_written += 1
 
     def _mux(self, packets) -> None:
@@ -92,6 +118,7 @@ class VideoFileEncoder:
             self._mux(self._stream.encode())  # flush delayed (B-)frames
         finally:
             self._container.close()
+            _restore_scheduling(self._sched)
 
 
 def encode_video(frames: np.ndarray, path: str | Path, fps: int, codec: str = "h264") -> Path:
