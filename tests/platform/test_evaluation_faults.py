@@ -31,8 +31,10 @@ STATS = {"observation.state": {"mean": [0.0] * S, "std": [1.0] * S},
          "action": {"mean": [0.0] * A, "std": [1.0] * A, "min": [-1.0] * A, "max": [1.0] * A}}
 ENV = EnvConfig(backend="metaworld", image_size=32, tasks=["reach-v3"], state="proprio", max_episode_steps=6)
 EVAL = EvalConfig(episodes_per_task=2, num_workers=1, envs_per_worker=1, videos_per_task=0)
-# actor -> test signals through the file system (the same path in every process of this machine)
-MARKERS = Path(tempfile.gettempdir()) / f"vlaforge-eval-faults-{os.getuid()}"
+# actor -> test signals through the file system. One folder per test session (made at import; the worker
+# class is pickled by value, so the actors see this very path): two pytest sessions on one machine must not
+# consume each other's markers (a shared path made one session's actors skip or repeat their fault).
+MARKERS = Path(tempfile.mkdtemp(prefix="vlaforge-eval-faults-"))
 
 
 class MisbehavingWorker(EvalWorker):

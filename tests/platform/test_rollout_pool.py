@@ -31,9 +31,9 @@ pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 S, A, B, T = 4, 4, 2, 2
-# actor -> test signals (one machine); a fixed path, the same in the driver and in every actor process
-MARKERS = Path(tempfile.gettempdir()) / f"vlaforge-rollout-test-{os.getuid()}"
-MARKERS.mkdir(exist_ok=True)
+# actor -> test signals (one machine): one folder per test session, made at import; the actor classes are
+# pickled by value, so every actor process sees this very path (a fixed path let two sessions interfere)
+MARKERS = Path(tempfile.mkdtemp(prefix="vlaforge-rollout-test-"))
 PCFG = PolicyConfig(dim=32, layers=1, heads=2, chunk_size=4, n_action_steps=2,
                     vision={"channels": [8, 16], "keypoints": 4}, language={"vocab_size": 128, "max_tokens": 6, "layers": 1})
 SPEC = PolicySpec((1, 32, 32, 3), S, A)
