@@ -137,7 +137,8 @@ def test_checkpoint_crash_kill_and_exact_resume(run, tiny_dataset):
     assert meta["step"] == k + 6 and meta["world_size"] == 2 and meta["zero_stage"] == TRAIN.deepspeed.zero_stage
 
 
-def test_truncated_newest_checkpoint_is_refused_and_resume_falls_back(run, caplog):
+def test_truncated_newest_checkpoint_is_refused_and_resume_falls_back(run, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("vlaforge"), "propagate", True)  # a driver run may have turned it off
     group, run_dir = run["group"], run["run_dir"]
     group.call("train_steps", 1)
     older = Path(group.call("save_checkpoint", str(run_dir))[0])

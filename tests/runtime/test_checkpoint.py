@@ -259,7 +259,10 @@ def _three(run):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "unlisted", "no_manifest", "no_folder"])
-def test_damaged_newest_falls_back_with_a_warning(tmp_path, caplog, damage):
+def test_damaged_newest_falls_back_with_a_warning(tmp_path, caplog, monkeypatch, damage):
+    # a run earlier in the session (platform/driver._setup_logging) stops the "vlaforge" logger from
+    # propagating to the root, where caplog listens: let it propagate for this test
+    monkeypatch.setattr(logging.getLogger("vlaforge"), "propagate", True)
     ckpts = _three(tmp_path)
     bad = ckpts / "step-3" / "mp_rank_00_model_states.pt"
     if damage == "truncate":
