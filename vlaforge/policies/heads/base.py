@@ -102,6 +102,15 @@ class ActionHead(nn.Module):
                            f"keeps it beside the chunk (vlaforge/actors/rollout.py); pass extras=td[{keys.HEAD_EXTRAS!r}]")
         return extras.get(key)
 
+    def _stored_chain(self, extras: TensorDictBase | None, batch: int, steps: int, name: str) -> torch.Tensor:
+        """The denoising chain x_T .. x_0 the rollout stored (diffusion and flow heads): (B, S+1, K, A)."""
+        chain = self._extra(extras, keys.DENOISE_CHAIN, f"{name} head")
+        want = (batch, steps + 1, self.chunk_size, self.action_dim)
+        if tuple(chain.shape) != want:
+            raise ValueError(f"{name} head: {keys.DENOISE_CHAIN} must be (B, S+1, K, A) = {want}, got "
+                             f"{tuple(chain.shape)}: policy.head.{name}.inference_steps differs from the rollout's")
+        return chain
+
     # -- the interface ------------------------------------------------------------------------------------
     def forward(self, readout: torch.Tensor) -> TensorDict:
         """Generative heads condition every step on the readout itself: (B, K, dim) -> HEAD_FEATURES."""

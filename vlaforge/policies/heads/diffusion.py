@@ -115,12 +115,8 @@ class DiffusionHead(ActionHead):
                  extras: TensorDictBase | None = None) -> torch.Tensor:
         self._check_chunk(chunk)
         features = self._features(out)
-        chain = self._extra(extras, keys.DENOISE_CHAIN, "diffusion head")
         b = features.shape[0]
-        if tuple(chain.shape) != (b, self.steps + 1, self.chunk_size, self.action_dim):
-            raise ValueError(f"diffusion head: {keys.DENOISE_CHAIN} must be (B, S+1, K, A) = "
-                             f"{(b, self.steps + 1, self.chunk_size, self.action_dim)}, got {tuple(chain.shape)}: "
-                             "policy.head.diffusion.inference_steps differs from the rollout's")
+        chain = self._stored_chain(extras, b, self.steps, "diffusion")
         # all S steps in one batched denoiser call: (S*B, K, A)
         x = chain[:, :-1].transpose(0, 1).reshape(self.steps * b, self.chunk_size, self.action_dim)
         nxt = chain[:, 1:].transpose(0, 1).reshape_as(x)

@@ -98,12 +98,8 @@ class FlowHead(ActionHead):
                  extras: TensorDictBase | None = None) -> torch.Tensor:
         self._check_chunk(chunk)
         features = self._features(out)
-        chain = self._extra(extras, keys.DENOISE_CHAIN, "flow head")
         b = features.shape[0]
-        if tuple(chain.shape) != (b, self.steps + 1, self.chunk_size, self.action_dim):
-            raise ValueError(f"flow head: {keys.DENOISE_CHAIN} must be (B, S+1, K, A) = "
-                             f"{(b, self.steps + 1, self.chunk_size, self.action_dim)}, got {tuple(chain.shape)}: "
-                             "policy.head.flow.inference_steps differs from the rollout's")
+        chain = self._stored_chain(extras, b, self.steps, "flow")
         mean = self._means(chain[:, :-1], features)  # (B, S, K, A)
         return gaussian_log_density(chain[:, 1:].float(), mean, self._sigma(features)).sum((-3, -2, -1))
 
