@@ -4,8 +4,12 @@
     python bench/broadcast.py --quick    # 1/10 MB x 1/2/4 actors
 
 Per (size, actors), median over --reps versions, end to end (the driver waits for every actor's ack):
-  object_store    WeightPublisher.publish (pack + one ray.put of numpy buffers) -> actors maybe_load
-                  (ray.get = zero-copy view, one copy_ into the params)
+  flat_copy       the default path: the publisher's parameters live in one flat buffer (FlatParams), so
+                  publish = one ray.put of it; actors ray.get a zero-copy view and load by ONE copy_ into
+                  their own flat buffer (WeightSubscriber mode "copy")
+  flat_map        the same publish; actors point their parameters at the read-only shared-memory object
+                  (mode "map": no copy at all; inference replicas)
+  packed          the pre-flat path: pack (a copy) + ray.put -> actors copy_ tensor by tensor ("unpack")
   torch_pickle    ray.put of a {name: torch.Tensor} dict -> actors ray.get (pickled copy) + copy_
   collective_gloo CollectiveBroadcaster, the driver as src, actors as receivers, gloo over loopback
                   (the NCCL path is not measured: no GPU here)
@@ -47,14 +51,21 @@ class BenchActor:
         self.group = None
 
     def resize(self, size_mb: float) -> None:
+        self.model, self.sub, self.size_mb = make_model(size_mb), None, size_mb
+
+    def set_mode(self, mode: str) -> None:
         from vlaforge.runtime.weights import WeightSubscriber
 
-        self.model, self.sub = make_model(size_mb), WeightSubscriber()
+        self.model = make_model(self.size_mb)  # a fresh replica: "map" leaves it pointing at read-only memory
+        self.sub = WeightSubscriber(mode=mode)
 
     def load(self, handle) -> float:
         t = time.perf_counter()
         assert self.sub.maybe_load(self.model, handle)
         return time.perf_counter() - t
+
+    def checksum(self) -> float:
+        return float(sum(float(p.detach().double().sum()) for p in self.model.parameters()))
 
     def load_torch(self, box: list) -> float:
         import ray
@@ -95,9 +106,13 @@ def bench_memcpy(nbytes: int, reps: int) -> float:
     return median_ms(times[1:])
 
 
-def bench_object_store(ray, pub, model, actors, reps: int) -> dict:
+def bench_object_store(ray, name: str, flat: bool, mode: str, model, actors, reps: int) -> dict:
+    from vlaforge.runtime.weights import WeightPublisher
+
+    pub = WeightPublisher(flat=flat)
+    ray.get([a.set_mode.remote(mode) for a in actors])
     totals, publish, actor_side = [], [], []
-    for i in range(reps + 1):  # the first version is a warm-up
+    for i in range(reps + 1):  # the first version is a warm-up (flat: the one-time rebind; actors: their buffers)
         with torch.no_grad():
             model[0].add_(1.0)
         t0 = time.perf_counter()
@@ -107,8 +122,12 @@ def bench_object_store(ray, pub, model, actors, reps: int) -> dict:
         t2 = time.perf_counter()
         if i:
             totals.append(t2 - t0), publish.append(t1 - t0), actor_side.append(max(loads))
-    return {"object_store_ms": median_ms(totals), "object_store_publish_ms": median_ms(publish),
-            "object_store_actor_load_ms": median_ms(actor_side)}
+    want = float(sum(float(p.detach().double().sum()) for p in model.parameters()))
+    if any(abs(c - want) > 1e-6 * max(1.0, abs(want)) for c in ray.get([a.checksum.remote() for a in actors])):
+        raise RuntimeError(f"{name}: an actor's weights differ from the publisher's after the last version")
+    del handle, pub
+    return {f"{name}_ms": median_ms(totals), f"{name}_publish_ms": median_ms(publish),
+            f"{name}_actor_load_ms": median_ms(actor_side)}
 
 
 def bench_torch_pickle(ray, model, actors, reps: int) -> dict:
@@ -154,6 +173,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="timed versions per point (median); default 3, quick 2")
     ap.add_argument("--bucket-mb", type=float, default=32.0, help="collective bucket size")
     ap.add_argument("--no-collective", action="store_true")
+    ap.add_argument("--no-pickle", action="store_true", help="skip the torch-pickle reference")
     ap.add_argument("--address", default=None, help="join a Ray cluster instead of starting one")
     args = ap.parse_args()
     sizes = args.sizes or ([1.0, 10.0] if args.quick else [1.0, 10.0, 100.0])
@@ -163,7 +183,6 @@ def main() -> None:
     import ray
 
     from vlaforge.runtime.process import init_ray
-    from vlaforge.runtime.weights import WeightPublisher
 
     init_ray(address=args.address, num_cpus=None if args.address else 4, log_to_driver=False)
     pool = [ray.remote(num_cpus=0.25)(BenchActor).remote() for _ in range(max(counts))]
@@ -172,13 +191,16 @@ def main() -> None:
         model = make_model(size)
         nbytes = sum(p.numel() * 4 for p in model.parameters())
         ray.get([a.resize.remote(size) for a in pool])
-        pub = WeightPublisher()  # one version counter per replica set: actors load every new version
         memcpy = bench_memcpy(nbytes, max(reps, 3))
         for n in counts:
             actors = pool[:n]
             row = {"size_mb": size, "actors": n, "memcpy_ms": memcpy}
-            row.update(bench_object_store(ray, pub, model, actors, reps))
-            row.update(bench_torch_pickle(ray, model, actors, reps))
+            for name, flat, mode in (("flat_copy", True, "copy"), ("flat_map", True, "map"), ("packed", False, "unpack")):
+                row.update(bench_object_store(ray, name, flat, mode, model, actors, reps))
+                row[f"{name}_x_memcpy"] = round(row[f"{name}_ms"] / max(memcpy, 1e-6), 2)
+            if not args.no_pickle:
+                ray.get([a.set_mode.remote("unpack") for a in actors])
+                row.update(bench_torch_pickle(ray, model, actors, reps))
             if not args.no_collective:
                 row.update(bench_collective(ray, model, actors, reps, args.bucket_mb))
             print(json.dumps(row), file=sys.stderr, flush=True)  # progress

@@ -78,8 +78,8 @@ CASES = [
     ("grpo-score", "train:\n  grpo:\n    score: sucess\n", "4: train.grpo.score = 'sucess'",
      "unknown GRPO trajectory score. Did you mean 'success'?"),
     ("broadcast-unknown", "rollout:\n  broadcast: nccl\n", "3: rollout.broadcast = 'nccl'", "unknown weight broadcast"),
-    ("broadcast-collective-not-wired", "rollout:\n  broadcast: collective\n", "3: rollout.broadcast = 'collective'",
-     "not wired into the stages yet"),
+    ("broadcast-backend-unknown", "rollout:\n  broadcast: collective\n  broadcast_backend: mpi\n",
+     "4: rollout.broadcast_backend", "'auto', 'gloo' or 'nccl' (got 'mpi')"),
     ("cpus-vs-cluster", "rollout:\n  num_actors: 3\n", "3: rollout.num_actors = 3",
      "train.num_learners (2) x 1 CPU + rollout.num_actors (3) x 1 CPU = 5 CPUs at once, more than the embedded Ray "
      "cluster has (ray.num_cpus = 4)"),
@@ -131,6 +131,11 @@ def check(capsys, *args: str) -> tuple[int, str]:
 
 def test_base_is_valid(base, capsys):
     assert check(capsys, str(base / "base.yaml")) == (0, "")
+
+
+def test_collective_broadcast_is_accepted_in_rl_stages(base, capsys):
+    # wired into run_rl (platform/weight_sync.py); tests/platform/test_weight_sync.py runs it with gloo
+    assert check(capsys, str(base / "base.yaml"), "rollout.broadcast=collective", "rollout.broadcast_backend=gloo") == (0, "")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

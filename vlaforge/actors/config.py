@@ -44,8 +44,10 @@ class RolloutConfig(StrictModel):
     max_env_retries: int = Field(2, ge=0)
     # Weight transport to the actors, a key of vlaforge.runtime.weights.BROADCASTERS: "object_store" (CPU
     # clusters, zero-copy ray.put) or "collective" (torch.distributed group from learner rank 0; GPU actors).
-    # The RL stages run object_store only for now: `recipe check` refuses "collective" there (not wired yet).
     broadcast: str = "object_store"
+    # collective only: "auto" = nccl when learner rank 0's torch sees CUDA, else gloo (NCCL is untested here: no GPU)
+    broadcast_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    broadcast_bucket_mb: float = Field(64.0, gt=0)  # collective only: largest bucket (staging = 2 x this per dtype)
     deterministic: bool = False  # False: sample chunks from the policy's Gaussian (RL exploration)
     # GRPO / RLOO: G > 1 restarts every simulator at each sample call, G consecutive simulators sharing one
     # initial state (task + reset seed); rows carry group_id. envs_per_actor must be a multiple of G.

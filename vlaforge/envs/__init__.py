@@ -23,7 +23,7 @@ from vlaforge.envs.instructions import instructions_for, paraphrases, sample_ins
 from vlaforge.envs.tasks import ALL_TASKS, resolve_tasks, task_index
 
 # backend name -> module whose import registers it (lazy: simulators are heavy imports)
-BACKEND_MODULES: dict[str, str] = {"metaworld": "vlaforge.envs.metaworld"}
+BACKEND_MODULES: dict[str, str] = {"metaworld": "vlaforge.envs.metaworld", "synthetic": "vlaforge.envs.synthetic"}
 
 # Heavy names, imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {

@@ -31,6 +31,7 @@ from vlaforge.learners.deepspeed_learner import LearnerActor, _model, init_distr
 from vlaforge.learners.engine import ds_config, lr_scheduler, seed_everything
 from vlaforge.learners.ppo import REF_PREFIX, RLContext
 from vlaforge.learners.registry import OBJECTIVES, build_objective, total_loss
+from vlaforge.learners.weight_group import WeightGroupMixin
 from vlaforge.runtime import checkpoint as ckpt
 from vlaforge.runtime.process import apply_process_env, set_threads
 from vlaforge.policies import build_policy
@@ -58,7 +59,7 @@ def load_rl_policy(policy_dir: str, value_head: bool, seed: int) -> tuple[torch.
     return model, ref, processor, rl_cfg, spec
 
 
-class RLLearnerActor(LearnerActor):
+class RLLearnerActor(WeightGroupMixin, LearnerActor):
     # -- setup ----------------------------------------------------------------------------------------
     def setup_rl(self, train: TrainConfig | dict, policy_dir: str, start_version: int = 0,
                  collective_timeout_s: float | None = None) -> dict[str, Any]:

@@ -132,16 +132,6 @@ def chunk_fits_episode(v: View, ctx: Context):
 
 
 @rule
-def broadcast_is_wired(v: View, ctx: Context):
-    b = v.recipe.rollout.broadcast
-    if b != "object_store" and any("rollout" in p for p in v.kind.phases):
-        yield (("rollout", "broadcast"), b,
-               f"the {v.stage.kind} stage sends weights to its rollout actors through the Ray object store only: "
-               f"rollout.broadcast {b!r} is not wired into the stages yet (the stage never forms the weight "
-               f"group); use 'object_store'")
-
-
-@rule
 def chaos_schedule_fits_stages(v: View, ctx: Context):
     """chaos.schedule entries name a stage of the recipe whose kind the fault can hit (rollout faults need
     rollout actors; learner / checkpoint / NaN faults need DeepSpeed learners). Checked once, on stage 0."""

@@ -170,7 +170,7 @@ class RolloutPool:
         version = 0 if handle is None else int(handle.version)
         if version < self._latest_version:
             raise ValueError(f"RolloutPool.sample: handle v{version} is older than v{self._latest_version} already used")
-        if self._needs_weight_group:
+        if self._needs_weight_group and handle is not None:  # None: sample with the weights the actors hold
             raise RolloutPoolError("rollout.broadcast='collective': call join_weight_group() first (again after an "
                                    "actor restart: the old group lost a member) and broadcast the weights")
         self._latest_version, self._latest = version, handle

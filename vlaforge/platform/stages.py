@@ -206,6 +206,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from vlaforge.learners.rl_learner import RLLearnerActor
     from vlaforge.platform.metrics import system_metrics
     from vlaforge.platform.rollout_pool import RolloutPool
+    from vlaforge.platform.weight_sync import WeightSync
 
     if init is None:
         raise VlaforgeError(
@@ -214,6 +215,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
         )
     t = _rl_train_config(recipe, stage)
     learners = learner_group(ctx, RLLearnerActor, recipe, stage, t)
+    sync = WeightSync(recipe, learners)  # rollout.broadcast: object_store or collective
     pool = None
     try:
         with ctx.timers.phase("learner_setup"):
@@ -226,12 +228,13 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                 log.info("resumed %s from %s at update %d", stage.name, latest, update)
             start_dir = stage_dir / "start-policy"  # the policy actors are built from (value head included)
             learners.call("export_policy", str(start_dir))
-            handle = learners.call("publish_weights")[0]
+            handle = sync.publish()
         log.info("%s: %s on %d DeepSpeed ranks, %.2fM parameters (%s value head)", stage.name, t.objective,
                  info["world_size"], info["num_params"] / 1e6, "with" if info["value_head"] else "no")
         with ctx.timers.phase("rollout_setup"):
             pool = RolloutPool(recipe.envs, PolicySource.from_dir(start_dir), recipe.rollout,
                                resolve_tasks(recipe.envs.tasks), seed=recipe.seed, timeouts_cfg=recipe.runtime.timeouts)
+            handle = sync.attach(pool, handle)
         scorer = make_reward_hook(ctx, recipe)
         base = ctx.step
         watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
@@ -240,7 +243,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             ctx.stage_step = update
             chaos_tick(ctx, stage, update, learners, stage_dir, pool)
             with ctx.timers.phase("rollout"):
-                batch = pool.sample(handle)
+                batch, handle = sync.sample(pool, handle)
             _drain_pool_events(ctx, stage, pool, update)
             reward_metrics = scorer(batch.data) if scorer is not None else {}
             with ctx.timers.phase("learn"):
@@ -251,10 +254,10 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
                 bar.reset(total=t.steps)
                 bar.update(update)
                 with ctx.timers.phase("broadcast"):
-                    handle = learners.call("publish_weights")[0]
+                    handle = sync.publish()
                 continue
             with ctx.timers.phase("broadcast"):
-                handle = learners.call("publish_weights")[0]
+                handle = sync.publish()
             update += 1
             bar.update(1)
             if "rollout/success_rate" in batch.metrics:
