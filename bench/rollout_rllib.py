@@ -143,3 +143,78 @@ def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str
             "setup": f"EnvRunnerGroup: {k} runners x {b} envs, fragment {fragment} chunk-actions, VLA as RLModule, "
                      f"{'render every sim step' if render_every_step else 'one render per chunk'}",
             "ray": ray.__version__}
+
+
+# -- whole PPO iterations (bench/rl_iteration.py) ----------------------------------------------------------
+def _ppo_module_class():
+    """The VLA (with its value head) as an RLlib PPO module: the sampling module + ValueFunctionAPI."""
+    from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+
+    base = _module_class()
+
+    class VLAPPORLModule(base, ValueFunctionAPI):
+        def compute_values(self, batch, embeddings=None):
+            obs = batch["obs"]
+            b = obs["state"].shape[0]
+            td = TensorDict({keys.IMAGE: obs["image"].to(torch.uint8), keys.STATE: obs["state"].float()}, batch_size=[b])
+            td.set(keys.INSTRUCTION, NonTensorStack.from_list([INSTRUCTION] * b))
+            return self.vla(self.processor(td, train=False))[keys.VALUE].squeeze(-1)  # (B,)
+
+    return VLAPPORLModule
+
+
+def bench_rllib_ppo(env_cfg, k: int, b: int, t: int, epochs: int, minibatches: int, iters: int, pcfg, spec, proc,
+                    task: str, lr: float) -> dict:
+    """Env steps/s of ``iters`` RLlib PPO ``train()`` iterations (sample K runners x B envs x T chunk-actions,
+    GAE, ``epochs`` x ``minibatches`` SGD steps, weight sync to the runners) after one warm-up iteration.
+    Every simulated step renders (a per-step gym env), with the plain renderer's best settings (MSAA and
+    shadows off: vlaforge/envs/render.py). Sim steps = chunk-actions x n_action_steps (episodes never end
+    inside a chunk: envs.max_episode_steps is a multiple of it and terminate_on_success is off)."""
+    import sys
+
+    import ray
+    import ray.cloudpickle
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # runners cannot import bench/
+    n = pcfg.n_action_steps
+    if env_cfg.max_episode_steps % n or env_cfg.terminate_on_success:
+        raise ValueError("bench_rllib_ppo counts chunk-actions x n_action_steps: use max_episode_steps % n == 0 and "
+                         "terminate_on_success false")
+    batch = k * b * t
+    config = (
+        PPOConfig()
+        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task,
+                                                        "n_exec": n, "render_every_step": True})
+        .env_runners(num_env_runners=k, num_envs_per_env_runner=b, num_cpus_per_env_runner=1,
+                     rollout_fragment_length=t, create_env_on_local_worker=False)
+        .learners(num_learners=0)  # the learner in the driver process, like one DeepSpeed rank
+        .training(train_batch_size_per_learner=batch, minibatch_size=batch // minibatches, num_epochs=epochs, lr=lr,
+                  gamma=0.99, lambda_=0.95, clip_param=0.2)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=_ppo_module_class(), model_config={
+            "policy": pcfg.model_dump(mode="json"), "spec": spec.to_dict(), "processor": proc.to_dict(), "n_exec": n}))
+    )
+    algo = config.build_algo()
+    try:
+        def chunk_steps(res) -> int:
+            from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+
+            return int(res[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
+
+        algo.train()  # warm-up: runner start-up, first weights, allocator
+        steps, times = 0, []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            res = algo.train()
+            times.append(time.perf_counter() - t0)
+            steps += chunk_steps(res) * n
+        wall = sum(times)
+    finally:
+        algo.stop()
+    return {"env_steps_per_s": round(steps / wall, 1), "env_steps": steps, "wall_s": round(wall, 2),
+            "iteration_s": [round(x, 2) for x in times],
+            "setup": f"RLlib PPO (new API stack): {k} env runners x {b} envs, train batch {batch} chunk-actions, "
+                     f"{epochs} epochs x minibatch {batch // minibatches}, learner in the driver, VLA + value head as "
+                     "the RLModule, every sim step rendered (plain, MSAA/shadows off)",
+            "ray": ray.__version__}
