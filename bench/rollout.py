@@ -19,7 +19,8 @@ default camera / resolution / renderer unless overridden):
   sim_only_render_every_step   (not with --quick) the same, rendering every simulated step as a
                  per-step env does; vs_render_every_step = full_loop / that.
   rllib          RLlib 2.60 EnvRunnerGroup with K remote runners x B envs of ONE Meta-World sim each (a
-                 gymnasium wrapper: image + state observation; an action = one chunk of n_action_steps
+                 gymnasium wrapper on the plain renderer with MSAA and shadows off, whatever --render-backend
+                 gives our side; image + state observation; an action = one chunk of n_action_steps
                  actions, like our decisions; every simulated step renders, as in a per-step gym env) and
                  our VLA wrapped as an RLModule. Env steps/s of ``sample()`` (sim steps, counted inside the
                  envs). rllib_one_render_per_chunk (not with --quick): the wrapper renders once per chunk,
@@ -156,13 +157,16 @@ def main() -> None:
 
     over = {k: v for k, v in (("image_size", args.image_size), ("render_backend", args.render_backend)) if v is not None}
     env_cfg = EnvConfig(tasks=[TASK], **over)
+    rllib_env = env_cfg.model_copy(update={"render_backend": "plain"})
     state_dim = {"proprio": 4, "proprio_goal": 7, "full": 39}[env_cfg.state]
     n_exec = PolicyConfig().n_action_steps
     init_ray(num_cpus=max([*args.actors, os.cpu_count() or 1]), log_to_driver=False)
     result: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "env": {"task": TASK, "image_size": env_cfg.image_size, "cameras": env_cfg.cameras,
-                "render_backend": env_cfg.render_backend, "state": env_cfg.state},
+                "render_backend": env_cfg.render_backend, "render_backend_rllib": rllib_env.render_backend,
+                "state": env_cfg.state},
+        "load_before": os.getloadavg(),
         "policy": {"config": "PolicyConfig() defaults", "n_action_steps": n_exec, "chunk_size": PolicyConfig().chunk_size},
         "envs_per_actor": args.envs, "decisions_per_sample": args.steps, "iters": iters, "by_actors": {},
     }
@@ -180,13 +184,15 @@ def main() -> None:
                 try:
                     from bench.rollout_rllib import bench_rllib
 
-                    entry[name] = bench_rllib(env_cfg, k, args.envs, iters, *policy_parts(env_cfg, state_dim), TASK,
+                    # RLlib renders with the plain renderer's best settings (MSAA/shadows off) whatever ours uses
+                    entry[name] = bench_rllib(rllib_env, k, args.envs, iters, *policy_parts(env_cfg, state_dim), TASK,
                                               args.steps, render_every_step=every)
                     entry[f"vs_{name}"] = round(full["env_steps_per_s"] / max(1e-9, entry[name]["env_steps_per_s"]), 2)
                 except Exception as e:  # noqa: BLE001 -- report, keep the rest
                     entry[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         result["by_actors"][str(k)] = entry
         print(json.dumps({"progress": f"K={k} done", **entry}), file=sys.stderr)
+    result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
 
