@@ -96,6 +96,23 @@ def _module_class():
     return VLARLModule
 
 
+def _config(env_cfg, task: str, k: int, b: int, fragment: int, render_every_step: bool, module_class, pcfg, spec, proc):
+    """PPOConfig with our env (K runners x B envs, ``fragment`` chunk-actions per env) and the VLA as the RLModule."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    n = pcfg.n_action_steps
+    return (
+        PPOConfig()
+        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task,
+                                                        "n_exec": n, "render_every_step": render_every_step})
+        .env_runners(num_env_runners=k, num_envs_per_env_runner=b, num_cpus_per_env_runner=1,
+                     rollout_fragment_length=fragment, create_env_on_local_worker=False)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=module_class, model_config={
+            "policy": pcfg.model_dump(mode="json"), "spec": spec.to_dict(), "processor": proc.to_dict(), "n_exec": n}))
+    )
+
+
 def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str, fragment: int,
                 render_every_step: bool = True) -> dict:
     """Env steps/s of ``iters`` EnvRunnerGroup sample rounds (each: every runner samples ``fragment``
@@ -104,21 +121,10 @@ def bench_rllib(env_cfg, k: int, b: int, iters: int, pcfg, spec, proc, task: str
 
     import ray
     import ray.cloudpickle
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.env.env_runner_group import EnvRunnerGroup
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # runners cannot import bench/
-    n = pcfg.n_action_steps
-    config = (
-        PPOConfig()
-        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task,
-                                                        "n_exec": n, "render_every_step": render_every_step})
-        .env_runners(num_env_runners=k, num_envs_per_env_runner=b, num_cpus_per_env_runner=1,
-                     rollout_fragment_length=fragment, create_env_on_local_worker=False)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=_module_class(), model_config={
-            "policy": pcfg.model_dump(mode="json"), "spec": spec.to_dict(), "processor": proc.to_dict(), "n_exec": n}))
-    )
+    config = _config(env_cfg, task, k, b, fragment, render_every_step, _module_class(), pcfg, spec, proc)
     group = EnvRunnerGroup(config=config, local_env_runner=False)
     try:
         if group.num_healthy_remote_workers() != k:
@@ -174,8 +180,6 @@ def bench_rllib_ppo(env_cfg, k: int, b: int, t: int, epochs: int, minibatches: i
 
     import ray
     import ray.cloudpickle
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # runners cannot import bench/
     n = pcfg.n_action_steps
@@ -184,16 +188,10 @@ def bench_rllib_ppo(env_cfg, k: int, b: int, t: int, epochs: int, minibatches: i
                          "terminate_on_success false")
     batch = k * b * t
     config = (
-        PPOConfig()
-        .environment(env=MetaWorldChunkEnv, env_config={"env_cfg": env_cfg.model_dump(mode="json"), "task": task,
-                                                        "n_exec": n, "render_every_step": True})
-        .env_runners(num_env_runners=k, num_envs_per_env_runner=b, num_cpus_per_env_runner=1,
-                     rollout_fragment_length=t, create_env_on_local_worker=False)
+        _config(env_cfg, task, k, b, t, True, _ppo_module_class(), pcfg, spec, proc)
         .learners(num_learners=0)  # the learner in the driver process, like one DeepSpeed rank
         .training(train_batch_size_per_learner=batch, minibatch_size=batch // minibatches, num_epochs=epochs, lr=lr,
                   gamma=0.99, lambda_=0.95, clip_param=0.2)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=_ppo_module_class(), model_config={
-            "policy": pcfg.model_dump(mode="json"), "spec": spec.to_dict(), "processor": proc.to_dict(), "n_exec": n}))
     )
     algo = config.build_algo()
     try:
