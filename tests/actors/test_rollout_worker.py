@@ -230,11 +230,12 @@ def test_env_that_raises_is_recreated_and_the_call_stays_consistent():
 
 
 @pytest.mark.slow
-def test_weights_versions_loaded_in_place(ray_cluster):
+@pytest.mark.parametrize("mode", ["copy", "map"])  # rollout.weights_load
+def test_weights_versions_loaded_in_place(ray_cluster, mode):
     from vlaforge.runtime.weights import WeightPublisher, WeightSubscriber
 
     policy = tiny_policy(value_head=False)
-    w = make_worker("metaworld", policy=policy, weights=WeightSubscriber())
+    w = make_worker("metaworld", policy=policy, weights=WeightSubscriber(mode=mode))
     src = tiny_policy(value_head=False)[0]
     pub = WeightPublisher()
     for v in (1, 2):

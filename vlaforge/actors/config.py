@@ -48,6 +48,10 @@ class RolloutConfig(StrictModel):
     # collective only: "auto" = nccl when learner rank 0's torch sees CUDA, else gloo (NCCL is untested here: no GPU)
     broadcast_backend: Literal["auto", "gloo", "nccl"] = "auto"
     broadcast_bucket_mb: float = Field(64.0, gt=0)  # collective only: largest bucket (staging = 2 x this per dtype)
+    # object_store only, how an actor loads a version: "copy" = one copy per dtype into its own flat buffer;
+    # "map" = none, its parameters become read-only views of the shared-memory object (CPU actors; flat in the
+    # actor count, the object stays pinned until the next version). runtime/weights/object_store.py.
+    weights_load: Literal["copy", "map"] = "copy"
     deterministic: bool = False  # False: sample chunks from the policy's Gaussian (RL exploration)
     # GRPO / RLOO: G > 1 restarts every simulator at each sample call, G consecutive simulators sharing one
     # initial state (task + reset seed); rows carry group_id. envs_per_actor must be a multiple of G.

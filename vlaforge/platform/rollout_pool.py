@@ -115,7 +115,8 @@ class RolloutPool:
             policy=policy,
             cfg=self.cfg.model_dump(mode="json"),
             tasks=list(tasks or env_cfg.tasks),
-            weights=WeightSubscriber(timeout_s=self.timeouts.weights_s),  # collective: replaced by join_weight_group()
+            # collective: replaced by join_weight_group()
+            weights=WeightSubscriber(timeout_s=self.timeouts.weights_s, mode=self.cfg.weights_load),
         )
         self.group = WorkerGroup(
             worker_cls, cfg.num_actors, cpus_per_worker=cfg.cpus_per_actor, name=f"{name}-{next(_POOL_IDS)}",
