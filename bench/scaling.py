@@ -12,8 +12,9 @@ CPUs (``--cpus-per-actor``), B simulators each, then ``--reps`` repetitions of
               (``load_weights``), waited for
   transfer    K results already computed (``sample`` refs, waited for with ray.wait first): the driver's
               ray.get + deserialization of the trajectories alone
-For each: wall ms per call, the DRIVER's CPU ms per call (time.process_time: what a bigger cluster cannot
-parallelise away) and both divided by K. On 2 cores the actors' own work also competes with the driver for
+For each: wall ms per call, the DRIVER's CPU ms per call (time.process_time, incl. Ray's core-worker threads:
+what a bigger cluster cannot parallelise away), the driver's main-thread CPU ms, per K; and least-squares
+fits "fixed + per_extra_actor x K" of each. On 2 cores the actors' own work also competes with the driver for
 CPU, so wall times grow with K here for reasons a cluster would not have; the driver CPU time is the
 number to extrapolate (see the README's scaling notes for what it predicts at 1,000 actors).
 """
@@ -44,17 +45,18 @@ SPEC = PolicySpec(image_shape=(1, 32, 32, 3), state_dim=4, action_dim=4)
 STATS = {"observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "action": {"min": [-1.0] * 4, "max": [1.0] * 4}}
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall s, driver CPU s) of fn()."""
-    w, c = time.perf_counter(), time.process_time()
+def timed(fn) -> tuple[float, float, float]:
+    """(wall s, driver process CPU s, driver main-thread CPU s) of fn(). The process figure includes Ray's
+    core-worker threads (gRPC, object transfer); the main thread is vlaforge's code + Ray's Python API."""
+    w, c, m = time.perf_counter(), time.process_time(), time.thread_time()
     fn()
-    return time.perf_counter() - w, time.process_time() - c
+    return time.perf_counter() - w, time.process_time() - c, time.thread_time() - m
 
 
-def summarize(name: str, samples: list[tuple[float, float]], k: int) -> dict:
-    wall = statistics.median(s[0] for s in samples) * 1000
-    cpu = statistics.median(s[1] for s in samples) * 1000
+def summarize(name: str, samples: list[tuple[float, float, float]], k: int) -> dict:
+    wall, cpu, main = (statistics.median(s[i] for s in samples) * 1000 for i in range(3))
     return {f"{name}_ms": round(wall, 2), f"{name}_driver_cpu_ms": round(cpu, 2),
+            f"{name}_driver_main_thread_ms": round(main, 2),
             f"{name}_ms_per_actor": round(wall / k, 3), f"{name}_driver_cpu_ms_per_actor": round(cpu / k, 3)}
 
 
@@ -124,11 +126,13 @@ def main() -> None:
     rows = out["results"]
     if len(rows) >= 2:  # least-squares slope of driver CPU per call vs K: the marginal driver cost of one actor
         for name in ("sample", "broadcast", "transfer"):
-            xs, ys = [r["actors"] for r in rows], [r[f"{name}_driver_cpu_ms"] for r in rows]
-            mx, my = statistics.mean(xs), statistics.mean(ys)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-            out[f"{name}_driver_cpu_ms_per_extra_actor"] = round(slope, 3)
-            out[f"{name}_driver_cpu_ms_fixed"] = round(my - slope * mx, 3)
+            for what in ("driver_cpu", "driver_main_thread", ""):
+                col = f"{name}_{what}_ms" if what else f"{name}_ms"
+                xs, ys = [r["actors"] for r in rows], [r[col] for r in rows]
+                mx, my = statistics.mean(xs), statistics.mean(ys)
+                slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+                out[f"{col}_per_extra_actor"] = round(slope, 3)
+                out[f"{col}_fixed"] = round(my - slope * mx, 3)
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
     ray.shutdown()
