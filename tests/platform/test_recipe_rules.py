@@ -94,8 +94,6 @@ CASES = [
      "7: rollout.group_size = 1", "objective 'grpo' needs G >= train.grpo.min_group_size"),
     ("grpo-horizon", PPO_STAGES.format(kind="grpo", set="      rollout:\n        group_size: 2\n        steps_per_sample: 10\n"),
      "9: rollout.steps_per_sample = 10", "would cut episodes of envs.max_episode_steps = 100 short; use steps_per_sample >= 25"),
-    ("warp-one-task-per-actor", "envs:\n  tasks: [reach-v3, push-v3, drawer-close-v3]\n  render_backend: warp\n",
-     "base.yaml:14: rollout.num_actors = 2", "3 tasks need rollout.num_actors >= 3"),
     ("rl-stage-first", "stages:\n  - name: rl\n    kind: ppo\n", "4: stages.0.kind = 'ppo'",
      "the first stage has none: put a bc stage before it"),
     ("rl-stage-from-scratch", "stages:\n  - name: bc\n  - name: rl\n    kind: grpo\n    init: scratch\n",
