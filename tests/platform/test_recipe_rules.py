@@ -177,6 +177,16 @@ def test_machine_cpus_used_without_num_cpus(base, capsys, monkeypatch):
     assert check(capsys, str(base / "base.yaml"), "ray.num_cpus=null")[0] == 0
 
 
+def test_default_warp_render_path_needs_mujoco_warp(base, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco_warp" else real(name, *a))
+    code, err = check(capsys, str(base / "base.yaml"))  # render_backend unset: the default, warp
+    assert code == 2 and "envs.render_backend = 'warp'" in err and "mujoco_warp cannot be imported" in err
+    assert check(capsys, str(base / "base.yaml"), "envs.render_backend=plain")[0] == 0
+
+
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_pass_recipe_check(recipe, capsys):
     code, err = check(capsys, str(recipe))
