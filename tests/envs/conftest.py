@@ -1,9 +1,10 @@
-"""Shared helpers of the env tests: the Meta-World tasks the shipped recipes use."""
+"""Shared fixtures of the env tests: the Meta-World tasks the shipped recipes use."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from vlaforge.envs import EnvConfig
@@ -12,6 +13,7 @@ from vlaforge.envs.tasks import resolve_tasks
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
+@pytest.fixture(scope="session")
 def recipe_tasks() -> list[str]:
     """Every Meta-World task named in configs/*.yaml (top-level envs.tasks and stage ``set:`` blocks; a
     recipe without envs.tasks runs its parent's or EnvConfig's default), benchmark names expanded."""

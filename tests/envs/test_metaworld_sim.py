@@ -75,16 +75,15 @@ def test_plain_rgb_matches_segmentation_layout():
     sim.close()
 
 
-def test_site_marker_geoms_leave_physics_unchanged():
+def test_site_marker_geoms_leave_physics_unchanged(recipe_tasks):
     """The visual-only mirror geoms (the goal marker Warp can draw) change no physics bit, for every task the
     recipes use: same observations, rewards, qpos/qvel and contacts as Meta-World's own model over 100 steps."""
     import metaworld.env_dict as mw
 
-    from tests.envs.conftest import recipe_tasks
     from vlaforge.envs.metaworld_sim import MARKER_PREFIX, place_site_markers
 
     rng = np.random.default_rng(0)
-    for task in recipe_tasks():
+    for task in recipe_tasks:
         ours = make_sim(task)
         plain_cls = type("NoMarkers", (mw.ALL_V3_ENVIRONMENTS[task],), {"reset_mocap_welds": reset_mocap_welds_mujoco4})
         ref = plain_cls()  # the same settings as make_sim, on the scene as Meta-World compiles it

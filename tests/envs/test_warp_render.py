@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.envs.conftest import recipe_tasks
 from vlaforge import keys
 from vlaforge.envs import EnvConfig, make_env
 from vlaforge.envs.metaworld_sim import refresh_poses
@@ -40,8 +39,8 @@ def _marker_pixels(env, tasks) -> np.ndarray:
     return changed
 
 
-def test_warp_matches_plain_per_recipe_task_with_the_goal_marker():
-    tasks = recipe_tasks()
+def test_warp_matches_plain_per_recipe_task_with_the_goal_marker(recipe_tasks):
+    tasks = recipe_tasks
     assert {"reach-v3", "button-press-topdown-v3"} <= set(tasks) and len(tasks) >= 10  # MT10 is a recipe's
     slots = tasks + tasks[:1]  # a repeated task: one Warp context renders 2 worlds of that group
     cfg = dict(image_size=64, cameras=["corner"], max_episode_steps=20)
