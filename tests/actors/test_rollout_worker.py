@@ -103,7 +103,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def test_actor_tasks_and_policy_source():
     abc = ["reach-v3", "push-v3", "pick-place-v3"]
     assert actor_tasks(abc, rank=1, num_envs=2) == ["pick-place-v3", "reach-v3"]  # global slots 2, 3
-    assert actor_tasks(abc, rank=1, num_envs=2, one_task_per_actor=True) == ["push-v3", "push-v3"]
     assert len(set(actor_tasks(["MT10"], rank=0, num_envs=10))) == 10  # benchmark names expand
     with pytest.raises(ValueError, match="either policy_dir"):
         PolicySource(policy_dir="x", config={})

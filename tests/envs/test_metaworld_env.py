@@ -187,8 +187,6 @@ def test_bad_inputs_raise_clear_errors(env_factory):
         env_factory(["reach-v3"], cameras=["corner_2"])
     with pytest.raises(ValueError, match="'push-v3'"):
         env_factory(["psuh-v3"])
-    with pytest.raises(ValueError, match="same task"):
-        env_factory(["push-v3", "reach-v3"], render_backend="warp")
     with pytest.raises(ValueError, match="heldout=5"):
         env_factory(["reach-v3"], heldout_paraphrases=5)
     with pytest.raises(ValueError, match="Unknown env backend"):

@@ -73,3 +73,38 @@ def test_plain_rgb_matches_segmentation_layout():
     # and the sky is in the upper half (upright corner camera)
     assert sky[:24].mean() > sky[24:].mean()
     sim.close()
+
+
+def test_site_marker_geoms_leave_physics_unchanged(recipe_tasks):
+    """The visual-only mirror geoms (the goal marker Warp can draw) change no physics bit, for every task the
+    recipes use: same observations, rewards, qpos/qvel and contacts as Meta-World's own model over 100 steps."""
+    import metaworld.env_dict as mw
+
+    from vlaforge.envs.metaworld_sim import MARKER_PREFIX, place_site_markers
+
+    rng = np.random.default_rng(0)
+    for task in recipe_tasks:
+        ours = make_sim(task)
+        plain_cls = type("NoMarkers", (mw.ALL_V3_ENVIRONMENTS[task],), {"reset_mocap_welds": reset_mocap_welds_mujoco4})
+        ref = plain_cls()  # the same settings as make_sim, on the scene as Meta-World compiles it
+        ref._freeze_rand_vec, ref.seeded_rand_vec, ref._set_task_called = False, True, True
+        if ref._partially_observable:
+            ref._partially_observable = False
+            del ref.sawyer_observation_space
+        geoms, sites = ours._vlaforge_markers
+        assert ours.model.ngeom == ref.model.ngeom + len(geoms) and ours.model.nbody == ref.model.nbody + 1, task
+        assert (ours.model.geom_contype[geoms] == 0).all() and (ours.model.geom_conaffinity[geoms] == 0).all()
+        assert ours.model.site("goal" if task != "button-press-topdown-v3" else "hole").id in sites, task
+        assert all(ours.model.geom(g).name.startswith(MARKER_PREFIX) for g in geoms)
+        assert np.array_equal(seed_and_reset(ours, 5), seed_and_reset(ref, 5)), task
+        for _ in range(100):
+            act = rng.uniform(-1, 1, 4)
+            (o1, r1, *_), (o2, r2, *_) = ours.step(act), ref.step(act)
+            place_site_markers(ours)  # as before every render: must not feed back into physics
+            assert np.array_equal(o1, o2) and r1 == r2, task
+        assert np.array_equal(ours.data.qpos, ref.data.qpos) and np.array_equal(ours.data.qvel, ref.data.qvel)
+        assert ours.data.ncon == ref.data.ncon and np.array_equal(ours.model.body_mass[:-1], ref.model.body_mass)
+        # the markers sit on their sites after placement
+        assert np.allclose(ours.data.geom_xpos[geoms], ours.data.site_xpos[sites])
+        ours.close()
+        ref.close()

@@ -94,8 +94,6 @@ CASES = [
      "7: rollout.group_size = 1", "objective 'grpo' needs G >= train.grpo.min_group_size"),
     ("grpo-horizon", PPO_STAGES.format(kind="grpo", set="      rollout:\n        group_size: 2\n        steps_per_sample: 10\n"),
      "9: rollout.steps_per_sample = 10", "would cut episodes of envs.max_episode_steps = 100 short; use steps_per_sample >= 25"),
-    ("warp-one-task-per-actor", "envs:\n  tasks: [reach-v3, push-v3, drawer-close-v3]\n  render_backend: warp\n",
-     "base.yaml:14: rollout.num_actors = 2", "3 tasks need rollout.num_actors >= 3"),
     ("rl-stage-first", "stages:\n  - name: rl\n    kind: ppo\n", "4: stages.0.kind = 'ppo'",
      "the first stage has none: put a bc stage before it"),
     ("rl-stage-from-scratch", "stages:\n  - name: bc\n  - name: rl\n    kind: grpo\n    init: scratch\n",
@@ -182,6 +180,16 @@ def test_machine_cpus_used_without_num_cpus(base, capsys, monkeypatch):
     assert code == 2 and "the 3 CPUs of this machine (ray.num_cpus: null)" in err
     monkeypatch.setattr(recipe_rules, "machine_cpus", lambda: 4.0)
     assert check(capsys, str(base / "base.yaml"), "ray.num_cpus=null")[0] == 0
+
+
+def test_default_warp_render_path_needs_mujoco_warp(base, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco_warp" else real(name, *a))
+    code, err = check(capsys, str(base / "base.yaml"))  # render_backend unset: the default, warp
+    assert code == 2 and "envs.render_backend = 'warp'" in err and "mujoco_warp cannot be imported" in err
+    assert check(capsys, str(base / "base.yaml"), "envs.render_backend=plain")[0] == 0
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -126,13 +126,11 @@ class PolicySource:
         return build_policy(cfg, spec).eval(), VLAProcessor.from_dict(self.processor), cfg, spec
 
 
-def actor_tasks(tasks: Sequence[str], rank: int, num_envs: int, one_task_per_actor: bool = False, group_size: int = 1) -> list[str]:
+def actor_tasks(tasks: Sequence[str], rank: int, num_envs: int, group_size: int = 1) -> list[str]:
     """Tasks of one actor's B simulators: global group g = (rank * B + i) // G runs tasks[g % len(tasks)]
-    (round-robin over the pool; G = 1: per simulator), or tasks[rank % len(tasks)] for every slot when the
-    renderer needs one scene per env (MuJoCo-Warp)."""
+    (round-robin over the pool; G = 1: per simulator). Both render backends take mixed-task envs (Warp
+    renders one batched context per task group, envs/warp_render.py)."""
     tasks = resolve_tasks(tasks)
-    if one_task_per_actor:
-        return [tasks[rank % len(tasks)]] * num_envs
     return [tasks[((rank * num_envs + i) // group_size) % len(tasks)] for i in range(num_envs)]
 
 
@@ -168,8 +166,7 @@ class RolloutWorker:
         seed = self.cfg.seed or 0
         self._rng = np.random.default_rng([seed, self.rank, self.incarnation])  # reset seeds + action noise
         self._gen = torch.Generator(device=self.device).manual_seed(int(self._rng.integers(2**62)))
-        self.tasks = actor_tasks(tasks, self.rank, self.cfg.envs_per_actor, self.env_cfg.render_backend == "warp",
-                                 self.cfg.group_size)
+        self.tasks = actor_tasks(tasks, self.rank, self.cfg.envs_per_actor, self.cfg.group_size)
         self.total_env_restarts = 0
         self.env = None
         self.env = self._make_env()  # failures here propagate: the pool sees a dead actor and restarts it

@@ -12,6 +12,10 @@ off (10-70x on software GL), reflections off. The skybox stays ON: it is Meta-Wo
 Orientation: Meta-World's corner cameras are mounted with their "up" axis pointing down (e.g. corner:
 xyaxes="-1 1 0 -0.2 -0.2 -1"), so their images come out rotated 180 degrees. We rotate every camera
 whose up axis has a negative world-z component; topview / behindGripper / gripperPOV stay as they are.
+
+Sites: Warp draws geoms only, so the env compiles a visual-only mirror geom for every visible site (the
+goal marker among them, metaworld_sim.py) and places it before each render; the plain renderer hides
+sites (``sitegroup`` off) so that both backends draw exactly the same markers, as geoms.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class PlainRenderer:
         self._cam_ids = [camera_ids(m, cameras) for m in models]
         self._flips = [camera_flips(d, ids) for d, ids in zip(datas, self._cam_ids)]
         self._renderers: list[mujoco.Renderer] = []
+        self._option = mujoco.MjvOption()
+        self._option.sitegroup[:] = 0  # sites are drawn by their mirror geoms (see the module docstring)
         for m in models:
             fast_visual_settings(m, size)
             r = mujoco.Renderer(m, size, size)
@@ -101,7 +107,7 @@ class PlainRenderer:
         for k, i in enumerate(ids):
             r = self._renderers[i]
             for j, (cam, flip) in enumerate(zip(self._cam_ids[i], self._flips[i])):
-                r.update_scene(datas[i], camera=cam)
+                r.update_scene(datas[i], camera=cam, scene_option=self._option)
                 img = r.render()  # (H, W, 3) uint8, or (H, W, 2) [objid, objtype] with segmentation
                 if self.segmentation:
                     img = np.where(img[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), img[..., 0], -1)

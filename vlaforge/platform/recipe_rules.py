@@ -150,25 +150,20 @@ def chaos_schedule_fits_stages(v: View, ctx: Context):
                    f"{'rollout actors' if rollout else 'DeepSpeed learners'} (stages that have them: {fits or 'none'})")
 
 
-def _task_count(r: Recipe) -> int | None:
-    """Tasks after benchmark expansion, counted without importing Meta-World (MT10 -> 10); None if unknown."""
-    if r.envs.backend != "metaworld":
-        return None
-    from vlaforge.envs.tasks import BENCHMARKS
-
-    return sum(int(t.upper()[2:]) if t.upper() in BENCHMARKS else 1 for t in r.envs.tasks)
-
-
 @rule
-def warp_actors_cover_tasks(v: View, ctx: Context):
-    """MuJoCo-Warp renders one scene per env, so each rollout actor runs ONE task (actors/rollout.py
-    actor_tasks): with fewer actors than tasks, some tasks would never be trained on."""
+def render_backend_installed(v: View, ctx: Context):
+    """envs.render_backend 'warp' (the default) needs MuJoCo-Warp on the machine that runs the envs; looked
+    up without importing it (recipe check stays cheap). On an existing cluster the actors' machines decide."""
     r = v.recipe
-    n = _task_count(r)
-    if r.envs.render_backend == "warp" and n and any("rollout" in p for p in v.kind.phases) and r.rollout.num_actors < n:
-        yield (("rollout", "num_actors"), r.rollout.num_actors,
-               f"with envs.render_backend 'warp' every rollout actor runs one task: {n} tasks need rollout.num_actors "
-               f">= {n} (or use render_backend 'plain')")
+    if r.envs.render_backend != "warp" or not ctx.local:
+        return
+    import importlib.util
+
+    missing = [m for m in ("mujoco_warp", "warp") if importlib.util.find_spec(m) is None]
+    if missing:
+        yield (("envs", "render_backend"), "warp",
+               f"MuJoCo-Warp rendering, but {' and '.join(missing)} cannot be imported here: install mujoco-warp==4.0.0 "
+               f"and warp-lang==1.19.0 (scripts/setup.sh does), or use render_backend 'plain'")
 
 
 # -- what a stage needs from the stages before it --------------------------------------------------------------
