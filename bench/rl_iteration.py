@@ -1,7 +1,7 @@
 """Whole PPO iterations on Meta-World push-v3: vlaforge vs RLlib 2.60's PPO, env steps/s. Prints JSON.
 
     python bench/rl_iteration.py                        # K = 2 actors x B = 4 sims x T = 16 decisions, 3 iterations
-    python bench/rl_iteration.py --render-backend warp  # our side on the MuJoCo-Warp batched renderer
+    python bench/rl_iteration.py --render-backend plain # our side on the plain renderer (default: the env default, Warp)
     python bench/rl_iteration.py --no-rllib
 
 One iteration = sample (K actors x B simulators x T decisions of n_action_steps actions) + GAE + ``--epochs`` x

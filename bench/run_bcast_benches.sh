@@ -15,6 +15,6 @@ run() { local name=$1 minutes=$2; shift 2
         echo "[$(date -u +%H:%M:%S)] $name rc=$? load $(cut -d' ' -f1-3 /proc/loadavg)" >&2; }
 run broadcast 5 bench/broadcast.py --no-pickle
 run rl_iteration 8 bench/rl_iteration.py
-run rollout_warp 10 bench/rollout.py --render-backend warp --actors 1 2
+run rollout 10 bench/rollout.py --actors 1 2
 run scaling 7 bench/scaling.py
-run rl_iteration_warp 4 bench/rl_iteration.py --render-backend warp --no-rllib
+run rl_iteration_plain 4 bench/rl_iteration.py --render-backend plain --no-rllib
