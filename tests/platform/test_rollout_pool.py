@@ -309,7 +309,8 @@ def test_collective_broadcast_reaches_the_actors(ray_cluster):
     learner = ray.remote(LearnerStandIn).options(num_cpus=1).remote(11)
     with make_pool("sync", num_actors=1, broadcast="collective") as pool:
         with pytest.raises(RolloutPoolError, match="join_weight_group"):
-            pool.sample(None)  # no group yet: a clear error, not a hang
+            pool.sample(WeightsHandle(1, None, None, 0))  # no group yet: a clear error, not a hang
+        assert pool.sample(None).versions == [0]  # None: the weights the actors were built with (no broadcast)
         addr, port = ray.get(learner.address.remote())
         ray.get([learner.join.remote(addr, port, 2), *pool.join_weight_group(addr, port, backend="gloo", timeout_s=60)])
         for v in (1, 2):
