@@ -94,7 +94,7 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
             self.kl_mode = self.objective.kl_mode  # "analytic" on a head without one fails here, before any update
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model_parameters=self._param_groups(model),
             config=ds_config(self.train_cfg, self.world_size),
             # train.steps counts RL updates; each is epochs x num_minibatches optimizer steps
             lr_scheduler=lambda opt: lr_scheduler(
@@ -109,6 +109,19 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
                 "num_params": sum(p.numel() for p in model.parameters()),
                 "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "value_head": bool(self.policy_cfg.value_head), "spec": self.spec.to_dict()}
+
+    def _param_groups(self, model: torch.nn.Module) -> list:
+        """The trainable parameters; with train.ppo.critic_lr the critic's ('value.*') in their own param group
+        at that learning rate (the LR schedule's LambdaLR scales every group's own base lr)."""
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        critic_lr = getattr(self.rl_cfg, "critic_lr", None)
+        if critic_lr is None:
+            return [p for _, p in params]
+        critic = [p for n, p in params if n.startswith(_VALUE_PREFIX)]
+        if not critic:
+            raise ValueError("train.ppo.critic_lr is set but the policy has no critic parameters ('value.*')")
+        return [{"params": [p for n, p in params if not n.startswith(_VALUE_PREFIX)]},
+                {"params": critic, "lr": float(critic_lr)}]
 
     # -- helpers --------------------------------------------------------------------------------------
     def _all_sum(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,6 +201,7 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
         gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + self.rl_update * 7919 + self.rank)
         sums: dict[str, float] = defaultdict(float)
         steps = epochs = skipped = 0
+        kl_stopped = False
         for _ in range(cfg.epochs):
             epoch_kl, epoch_steps = 0.0, 0
             for idx in torch.tensor_split(torch.randperm(n, generator=gen), mbs):
@@ -197,13 +211,20 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
                 out = self.engine(inp)  # the head's output (e.g. ACTION_MEAN / HEAD_FEATURES) [+ VALUE (b, 1)]
                 losses = obj(inp.update(out))
                 loss = total_loss(losses)
-                lr = self.engine.get_lr()[0]
+                if cfg.target_kl is not None and cfg.kl_stop == "minibatch" and obj.policy_enabled:
+                    kl_now = float(self._all_sum(torch.tensor([float(losses["approx_kl"])], dtype=torch.float64)))
+                    if kl_now / self.world_size > 1.5 * cfg.target_kl:  # the same on every rank: all stop here
+                        kl_stopped = True
+                        break
+                lrs = self.engine.get_lr()  # [actor] or [actor, critic] (train.ppo.critic_lr)
                 if not self.guard.step(self.engine, loss):  # every rank agrees: same step counts everywhere
                     skipped += 1
                     continue
                 gn = self.engine.get_global_grad_norm()
                 sums["loss"] += float(loss.detach())
-                sums["lr"] += float(lr)
+                sums["lr"] += float(lrs[0])
+                if len(lrs) > 1:
+                    sums["critic_lr"] += float(lrs[1])
                 sums["grad_norm"] += float(gn) if gn is not None else float("nan")
                 for k, v in losses.items():
                     sums[k] += float(v.detach())
@@ -211,6 +232,8 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
                 steps += 1
                 epoch_steps += 1
             epochs += 1
+            if kl_stopped:
+                break
             if cfg.target_kl is not None and epoch_steps:  # all ranks see the same mean: they stop together
                 mean_kl = float(self._all_sum(torch.tensor([epoch_kl / epoch_steps], dtype=torch.float64))) / self.world_size
                 if mean_kl > cfg.target_kl:
@@ -223,6 +246,7 @@ class RLLearnerActor(WeightGroupMixin, LearnerActor):
         metrics.update(base)
         metrics.update(self.nonfinite_metrics(skipped))
         metrics.update({"train/skipped": 0.0, "train/epochs": float(epochs), "train/optimizer_steps": float(steps),
+                        "train/kl_stopped": float(kl_stopped),
                         "train/samples": total, "train/samples_per_s": total / max(float(t), 1e-9),
                         "train/prepare_s": t_prep, "train/update_s": float(t), "train/step": float(self.global_step)})
         return metrics
