@@ -19,7 +19,7 @@ TINY = [
     "policy.layers=1", "policy.heads=2", "policy.vision.channels=[8,16]", "train.steps=6", "train.batch_size=8",
     "train.warmup_steps=0", "train.log_every=3", "train.checkpoint_every=3", "rollout.envs_per_actor=2",
     "rollout.steps_per_sample=4", "eval.episodes_per_task=2", "eval.envs_per_worker=2", "eval.videos_per_task=0",
-    "reward_model.steps=20", "reward_model.rollout_batches=1", "logging.wandb=false",
+    "reward_model.steps=20", "reward_model.rollout_batches=1", "reward_model.refresh.every=3", "logging.wandb=false",
     "stages=[{name: bc, kind: bc, eval_end: false}, {name: rm, kind: reward_model, eval_start: false, eval_end: false},"
     " {name: ppo, kind: ppo, set: {train: {objective: ppo, steps: 3, checkpoint_every: 3,"
     " ppo: {epochs: 1, num_minibatches: 2, critic_warmup_updates: 1}}}}]",
@@ -65,7 +65,8 @@ def test_ppo_updates_weights_and_bumps_the_broadcast_version(staged_run):
 def test_reward_model_reward_is_logged_next_to_true_success(staged_run):
     run_dir, _, _ = staged_run
     rl = [r for r in rows(run_dir) if "train/version" in r]
-    for key in ("reward/rm_mean", "reward/true_success", "reward/rm_success_corr", "reward/env_mean"):
+    for key in ("reward/rm_mean", "reward/rm_level_mean", "reward/true_success", "reward/rm_success_corr",
+                "reward/rm_auroc", "reward/env_mean", "reward/shaping_mean"):
         assert all(key in r for r in rl), key
     assert any("reward/rm_eval_auroc" in r for r in rows(run_dir))
 
