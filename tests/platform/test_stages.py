@@ -19,7 +19,7 @@ TINY = [
     "policy.layers=1", "policy.heads=2", "policy.vision.channels=[8,16]", "train.steps=6", "train.batch_size=8",
     "train.warmup_steps=0", "train.log_every=3", "train.checkpoint_every=3", "rollout.envs_per_actor=2",
     "rollout.steps_per_sample=4", "eval.episodes_per_task=2", "eval.envs_per_worker=2", "eval.videos_per_task=0",
-    "reward_model.steps=20", "reward_model.rollout_batches=1", "reward_model.refresh.every=3", "logging.wandb=false",
+    "reward_model.steps=20", "reward_model.rollout_batches=1", "logging.wandb=false",
     "stages=[{name: bc, kind: bc, eval_end: false}, {name: rm, kind: reward_model, eval_start: false, eval_end: false},"
     " {name: ppo, kind: ppo, set: {train: {objective: ppo, steps: 3, checkpoint_every: 3,"
     " ppo: {epochs: 1, num_minibatches: 2, critic_warmup_updates: 1}}}}]",
@@ -33,7 +33,7 @@ def rows(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def staged_run(ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("staged") / "run"
-    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld_rm.yaml", TINY)
+    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld_rm.yaml", TINY[:-1] + ["reward_model.refresh.every=3", TINY[-1]])
     return run_dir, recipe, train(recipe, run_dir=run_dir)
 
 
