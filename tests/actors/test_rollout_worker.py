@@ -191,6 +191,34 @@ def test_decision_level_trajectory_and_episodes_across_calls():
 
 
 @pytest.mark.slow
+def test_episode_rows_with_a_clipped_gaussian_head():
+    """rollout.episode_rows: every call starts fresh episodes, so each row is one whole episode (6 env steps =
+    2 decisions of 3); with head.clip_actions the stored chunk is the executed, clamped one and the stored
+    log-prob is what the learner recomputes for it."""
+    policy, proc, cfg, spec = tiny_policy()
+    cfg = cfg.model_copy(update={"head": cfg.head.model_copy(update={"std": "state", "clip_actions": True,
+                                                                       "init_log_std": 0.5})})
+    torch.manual_seed(0)
+    clipped = (build_policy(cfg, spec).eval(), proc, cfg, spec)
+    w = make_worker("metaworld", max_episode_steps=6, policy=clipped, episode_rows=True, steps_per_sample=2)
+    r1, r2 = w.sample(), w.sample()
+    for r in (r1, r2):
+        done = r.data["next", keys.DONE].squeeze(-1)
+        assert done[:, -1].all() and not done[:, :-1].any()  # one episode per row, ending at the last decision
+        assert len(r.episodes) == 2 and r.episodes.lengths == [6, 6]
+        chunk = r.data[keys.ACTION_CHUNK]
+        assert float(chunk.abs().max()) <= 1.0 and bool((chunk.abs() == 1.0).any())
+        flat = r.data.reshape(-1)
+        with torch.no_grad():
+            out = w.policy(w.processor(flat, train=False))
+            lp = w.policy.log_prob(out, flat[keys.ACTION_CHUNK], pad=flat[keys.ACTION_PAD])
+        torch.testing.assert_close(lp, flat[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
+    # a fresh initial state per call (new goals), not the previous call's continuation
+    assert not torch.equal(r1.data[keys.PRIVILEGED][:, 0], r2.data[keys.PRIVILEGED][:, 0])
+    w.close()
+
+
+@pytest.mark.slow
 def test_deferred_rendering_records_the_same_trajectory():
     """Rendering only at decision points and episode ends gives the very same data as rendering every step."""
     import vlaforge.envs.metaworld  # noqa: F401 -- registers "metaworld"

@@ -160,3 +160,34 @@ def test_layout_guards_name_the_fix():
         adv.gae(zero, 0.9, 0.9, ValueFn())
     with pytest.raises(ValueError, match="no value_fn"):
         adv.gae(td, 0.9, 0.9, None)
+
+
+def test_per_task_advantage_normalisation_and_running_value_stats():
+    g = torch.Generator().manual_seed(0)
+    task = torch.tensor([[0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1]])  # (B, T): rows of two tasks
+    x = torch.randn(4, 3, 1, generator=g) * torch.where(task == 0, 0.01, 10.0).unsqueeze(-1) + task.unsqueeze(-1) * 5
+    y = adv.normalize_by_group(x, task)
+    for k in (0, 1):  # each task's advantages get mean 0, std 1 whatever the other task's scale
+        v = y[task == k]
+        assert float(v.mean()) == pytest.approx(0.0, abs=1e-5) and float(v.std(unbiased=False)) == pytest.approx(1.0, rel=1e-3)
+    # two "ranks" summing their moments = one process over all rows
+    halves = [(x[:2], task[:2]), (x[2:], task[2:])]
+    tables = [adv.group_moments(a, b) for a, b in halves]
+    torch.testing.assert_close(tables[0] + tables[1], adv.group_moments(x, task))
+
+    stats = adv.GroupRunningStats()
+    for a, b in halves:  # merged batch by batch = the moments of everything seen
+        stats.update(a, b)
+    for k in (0, 1):
+        v = x[task == k].double()
+        assert float(stats.mean[k]) == pytest.approx(float(v.mean()), rel=1e-6)
+        assert float(stats.var[k]) == pytest.approx(float(v.var(unbiased=False)), rel=1e-5)
+    z = stats.normalize(x, task)
+    torch.testing.assert_close(stats.denormalize(z, task), x)
+    assert float(z[task == 1].std(unbiased=False)) == pytest.approx(1.0, rel=1e-3)
+    assert float(stats.mean[7]) == 0.0 and float(stats.var[7]) == 1.0  # an unseen task: identity
+    again = adv.GroupRunningStats()
+    again.load_state_dict(stats.state_dict())
+    torch.testing.assert_close(again.normalize(x, task), z)
+    with pytest.raises(ValueError, match="group"):
+        adv.group_moments(x, task + adv.MAX_GROUPS)

@@ -167,3 +167,23 @@ def test_k3_kl_is_bounded_per_sample(policy):
     td.set(keys.REF_LOG_PROB, lp + torch.tensor([30.0, 0.0] * (B // 2)))  # reference far more likely on half
     out = ChunkClipLoss(policy, PPOConfig(kl_coef=0.1, kl_estimator="k3"))(td)
     assert float(out["kl_ref"]) == pytest.approx(10.0 / 2, rel=1e-5)  # clamped at 10 on half, 0 on the rest
+
+
+def test_mean_ratio_is_the_length_normalised_log_ratio_and_both_are_logged(policy):
+    """ratio: mean divides the chunk log-ratio by its executed positions x A; the diagnostics of both ratio
+    definitions come from the same minibatch whichever one trains, and approx_kl stays the chunk-level KL."""
+    shift = torch.tensor([0.5, -0.5, 0.05, -0.05] * 2)  # old - new per chunk
+    td = batch(policy, shift=shift)
+    chunk_out = ChunkClipLoss(policy, PPOConfig(ratio="chunk"))(td)
+    mean_out = ChunkClipLoss(policy, PPOConfig(ratio="mean"))(td)
+    terms = N_EXEC * A  # 2 executed positions x 3 dims
+    assert float(mean_out["ratio_max"]) == pytest.approx(math.exp(0.5 / terms), rel=1e-5)
+    assert float(mean_out["clip_fraction"]) == 0.0 and float(chunk_out["clip_fraction"]) == pytest.approx(0.5)
+    for k in ("clip_fraction_chunk", "clip_fraction_mean", "approx_kl_chunk", "approx_kl_mean", "approx_kl"):
+        assert float(mean_out[k]) == pytest.approx(float(chunk_out[k]), abs=1e-7), k
+    assert float(mean_out["approx_kl"]) == pytest.approx(float(mean_out["approx_kl_chunk"]))
+    assert float(mean_out["approx_kl_mean"]) < float(mean_out["approx_kl_chunk"]) / terms
+    # a row cut short counts only its executed terms
+    pad = td.get(keys.ACTION_PAD).clone()
+    pad[0, 1] = True
+    assert policy.log_prob_terms(td.get(keys.ACTION_CHUNK), pad).tolist() == [A] + [terms] * (B - 1)

@@ -136,3 +136,33 @@ def test_ppo_warmup_update_publish_checkpoint_then_grpo(learners, tmp_path):
     skipped = group.call("train_rl", uniform, timeout=300)[0]
     assert skipped["train/skipped"] == 1.0 and skipped["train/groups_kept"] == 0.0
     assert group.call("param_checksum") == after
+
+
+@pytest.mark.slow
+def test_ppo_own_critic_param_group_value_norm_and_task_advantages(learners, tmp_path):
+    """Issue 10's critic and ratio options through the real learner: a state critic in its own param group at
+    its own lr, per-task value normalisation (stats persisted), per-task advantages, the mean ratio, and a
+    warm-up that ends as soon as the rollout explained variance passes the threshold."""
+    group, _ = learners
+    cfg = POLICY.model_copy(update={"critic": "state",
+                                    "head": POLICY.head.model_copy(update={"std": "state", "clip_actions": True})})
+    torch.manual_seed(0)
+    bc = save_pretrained(tmp_path / "bc", build_policy(cfg, SPEC), VLAProcessor.from_stats(cfg, STATS), cfg, SPEC,
+                         extra={"objective": "bc"})
+    ppo = {"epochs": 1, "num_minibatches": 2, "ratio": "mean", "value_norm": True, "value_clip": None,
+           "advantage_groups": "task", "critic_lr": 1e-2, "critic_warmup_updates": 5, "critic_warmup_ev": -1e9}
+    group.call("setup_rl", TrainConfig(objective="ppo", **BASE, ppo=ppo).model_dump(), str(bc), timeout=300)
+    model, _, processor, pcfg, spec = load_rl_policy(str(bc), value_head=True, seed=BASE["seed"])
+    assert pcfg.critic == "state" and type(model.value).__name__ == "StateValueHead"
+    batch = synthetic_rollout(model, processor, spec, batch=4, steps=3, n_action_steps=pcfg.n_action_steps, seed=3)
+    m = group.call("train_rl", ray.put(batch), timeout=300)
+    assert m[0] == m[1]
+    m0 = m[0]
+    # any EV passes a threshold of -1e9: the warm-up (at most 5 updates) ends at once, the policy trains
+    assert m0["train/critic_warmup"] == 0.0
+    assert m0["train/lr"] == pytest.approx(BASE["lr"]) and m0["train/critic_lr"] == pytest.approx(1e-2)
+    for k in ("train/clip_fraction_chunk", "train/clip_fraction_mean", "train/approx_kl_chunk", "train/approx_kl_mean"):
+        assert np.isfinite(m0[k]), k
+    stats = group.call("state_checksums")[0]["rl"]["objective"]["value_stats"]
+    tasks = set(batch.get(("observation", "task_index")).flatten().tolist())
+    assert {i for i, c in enumerate(stats["count"]) if c > 0} == tasks  # one running mean/std per task seen

@@ -20,6 +20,7 @@ from vlaforge.policies.heads.action_tokenizers import BinTokenizer, DCTTokenizer
 
 HEADS = {  # name -> policy.head override (small settings: tests run on 2 shared cores)
     "gaussian": {"type": "gaussian"},
+    "gaussian_clip_state": {"type": "gaussian", "std": "state", "clip_actions": True, "init_log_std": 0.3},
     "tokens_bins": {"type": "tokens", "tokens": {"tokenizer": "bins", "num_bins": 32}},
     "tokens_dct": {"type": "tokens", "tokens": {"tokenizer": "dct", "dct_keep": 3, "dct_scale": 8.0}},
     "diffusion": {"type": "diffusion", "diffusion": {"train_steps": 20, "inference_steps": 3}},
@@ -183,3 +184,36 @@ def test_dct_tokenizer_round_trip_bounds():
     assert float(err.max()) < 0.15  # a ramp's energy sits in the first coefficients
     with pytest.raises(ValueError, match="dct_max_abs"):
         DCTTokenizer(k, a, keep=None, scale=scale, max_abs=10, token_range=1.0)
+
+
+@torch.no_grad()
+def test_clipped_gaussian_log_prob_is_that_of_the_executed_action(tiny_cfg, spec, stats, make_obs):
+    """head.clip_actions: sampled chunks are clamped to [-1, 1]; the stored log-prob (what sample() returns)
+    equals the recomputed one and is the boundary mass Phi at a bound, the Normal density inside; the mass
+    at a bound matches the share of samples clamped there; the state std is floored at min_log_std."""
+    cfg = tiny_cfg(head={"type": "gaussian", "std": "state", "clip_actions": True, "init_log_std": 0.5,
+                         "min_log_std": -1.0})
+    policy, processor = _built(cfg, spec, stats)
+    out = policy(processor(make_obs(64), device="cpu"))
+    act = policy.act(out, generator=torch.Generator().manual_seed(1))
+    chunk, stored = act.get(keys.ACTION_CHUNK), act.get(keys.LOG_PROB)
+    assert float(chunk.abs().max()) <= 1.0 and bool((chunk.abs() == 1.0).any())  # some actions were clamped
+    pad = torch.zeros(chunk.shape[:2], dtype=torch.bool)
+    torch.testing.assert_close(policy.log_prob(out, chunk, pad), stored)
+    mean, std = out.get(keys.ACTION_MEAN), out.get(keys.ACTION_LOG_STD).exp()
+    normal = torch.distributions.Normal(mean, std)
+    expected = torch.where(chunk >= 1.0, torch.log1p(-normal.cdf(torch.ones_like(mean))),
+                           torch.where(chunk <= -1.0, normal.cdf(-torch.ones_like(mean)).log(), normal.log_prob(chunk)))
+    torch.testing.assert_close(stored, expected.sum((-1, -2)), rtol=1e-4, atol=1e-4)
+    # Monte Carlo: the boundary mass is the probability of executing exactly the bound
+    one = out[:1]
+    draws = torch.stack([policy.act(one, generator=torch.Generator().manual_seed(s)).get(keys.ACTION_CHUNK)[0]
+                         for s in range(400)])  # (400, K, A)
+    p_high = 1.0 - torch.distributions.Normal(one.get(keys.ACTION_MEAN)[0], std[0]).cdf(torch.ones_like(std[0]))
+    assert float(((draws >= 1.0).float().mean(0) - p_high).abs().max()) < 0.1
+    assert float(out.get(keys.ACTION_LOG_STD).min()) >= -1.0  # the floor
+    # the unclipped head keeps the plain density (same weights)
+    plain = tiny_cfg(head={"type": "gaussian", "std": "state", "init_log_std": 0.5, "min_log_std": -1.0})
+    unclipped, _ = _built(plain, spec, stats)
+    unclipped.load_state_dict(policy.state_dict())
+    torch.testing.assert_close(unclipped.log_prob(out, chunk, pad), normal.log_prob(chunk).sum((-1, -2)))

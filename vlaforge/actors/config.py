@@ -18,8 +18,27 @@ class EvalConfig(StrictModel):
     num_workers: int = Field(2, ge=1)  # parallel Ray evaluation actors
     envs_per_worker: int = Field(4, ge=1)  # B simulators per evaluation actor
     instructions: Literal["train", "heldout", "all"] = "train"  # paraphrases used at evaluation
+    # Which fixed initial-state range: "test" (seed_offset + i; what results are reported on) or "validation"
+    # (validation_seed_offset + i: a disjoint range for choosing recipes and hyper-parameters, so the reported
+    # test numbers never chose anything). `vlaforge train R.yaml eval.split=validation` while tuning.
+    split: Literal["test", "validation"] = "test"
+    validation_seed_offset: int = 2_000_000
     videos_per_task: int = Field(1, ge=0)  # rollout videos saved per task (mp4)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # Wilson interval level
+
+    @property
+    def first_seed(self) -> int:
+        """Seed of episode 0 of the chosen split's initial states."""
+        return self.validation_seed_offset if self.split == "validation" else self.seed_offset
+
+    @model_validator(mode="after")
+    def _splits_disjoint(self):
+        lo, hi = sorted((self.seed_offset, self.validation_seed_offset))
+        if hi < lo + self.episodes_per_task:
+            raise ValueError(f"eval.seed_offset ({self.seed_offset}) and eval.validation_seed_offset "
+                             f"({self.validation_seed_offset}) are closer than eval.episodes_per_task "
+                             f"({self.episodes_per_task}): the test and validation initial states would overlap")
+        return self
 
 
 class RolloutConfig(StrictModel):
@@ -50,6 +69,11 @@ class RolloutConfig(StrictModel):
     # GRPO / RLOO: G > 1 restarts every simulator at each sample call, G consecutive simulators sharing one
     # initial state (task + reset seed); rows carry group_id. envs_per_actor must be a multiple of G.
     group_size: int = Field(1, ge=1)
+    # PPO: every sample call starts fresh episodes on all B simulators, so each row [t = 0..T) is one whole
+    # episode from its initial state (steps_per_sample x policy.n_action_steps must cover max_episode_steps,
+    # checked at load time) rather than a window that starts and ends mid-episode. False: episodes continue
+    # across sample calls.
+    episode_rows: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)  # Ray CPU resources per actor (placement group bundle)
     threads_per_actor: int = Field(1, ge=1)  # torch intra-op threads inside an actor
     seed: int | None = None  # seeds of resets and action noise; null: the recipe's seed

@@ -31,7 +31,9 @@ Per decision t, the TensorDict [B, T] holds (keys from vlaforge.keys):
 Simulators are auto-reset at decision boundaries with fresh seeds from the worker's seeded stream, and
 episodes continue across sample calls; episodes that ended in a call come back as ``EpisodeStats``.
 With G > 1 every call instead starts fresh episodes, G consecutive simulators sharing one initial state
-(task and reset seed), so row b's first episode is one of G rollouts from that state.
+(task and reset seed), so row b's first episode is one of G rollouts from that state. With
+``rollout.episode_rows`` every call starts fresh episodes too (one seed per simulator): a row is a whole
+episode, so GAE sees each episode from its initial state to its end.
 A simulator that ended mid-chunk idles (zero action, results ignored) until the boundary (the env
 contract steps all B; Meta-World refuses steps past its 500-step horizon, so with max_episode_steps near
 500 keep it a multiple of n_action_steps).
@@ -236,6 +238,12 @@ class RolloutWorker:
                 raise _EnvFailure(e) from e
             base = int(self._rng.integers(2**62))  # ids unique across actors and calls (random 62-bit base)
             group_id = base + torch.arange(len(self.tasks)) // g  # (B,)
+        elif self.cfg.episode_rows:  # PPO: each row is one whole episode from its initial state
+            self._episodes = EpisodeTracker(tuple(self.tasks))
+            try:
+                self._obs = self.env.reset(seeds=self._seeds(len(self.tasks)))
+            except Exception as e:  # noqa: BLE001
+                raise _EnvFailure(e) from e
         episodes = EpisodeStats()
         for _ in range(num_steps):
             obs = self._obs

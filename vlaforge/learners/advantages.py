@@ -208,3 +208,88 @@ class RunningReturnStd:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count, self.mean, self.var = float(state["count"]), float(state["mean"]), float(state["var"])
+
+
+MAX_GROUPS = 256  # task indices per batch (the all-reduced moment table is (MAX_GROUPS, 3) float64: tiny)
+
+
+def _group_ids(group: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    g = group.reshape(like.shape[:2]).long() if like.ndim >= 2 else group.reshape(-1).long()
+    if bool((g < 0).any()) or bool((g >= MAX_GROUPS).any()):
+        raise ValueError(f"group (task) indices must be in [0, {MAX_GROUPS}), got [{int(g.min())}, {int(g.max())}]")
+    return g
+
+
+def group_moments(x: torch.Tensor, group: torch.Tensor, reduce: Reducer = identity_reducer) -> torch.Tensor:
+    """(MAX_GROUPS, 3) float64 [count, sum, sum of squares] of x per group over all ranks. x: (B, T[, 1]) or (N[, 1]);
+    group: int (B, T) or (N,), e.g. observation/task_index."""
+    g = _group_ids(group, x).reshape(-1)
+    xs = x.reshape(g.shape[0], -1)[:, 0].to(torch.float64)
+    table = torch.zeros(MAX_GROUPS, 3, dtype=torch.float64)
+    table.index_add_(0, g, torch.stack([torch.ones_like(xs), xs, xs * xs], dim=-1))
+    return reduce(table)
+
+
+def moments_mean_std(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MAX_GROUPS, 3) moments -> per-group mean, population std (MAX_GROUPS,) float64 (0, 0 for empty groups)."""
+    n = table[:, 0].clamp_min(1.0)
+    mean = table[:, 1] / n
+    return mean, (table[:, 2] / n - mean * mean).clamp_min(0.0).sqrt()
+
+
+def normalize_by_group(x: torch.Tensor, group: torch.Tensor, reduce: Reducer = identity_reducer,
+                       eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean_g) / (std_g + eps) with the statistics of x's own group g over all ranks (per-task advantage
+    normalisation: a task at 100% success, whose advantages are small noise, is not rescaled by another's spread)."""
+    mean, std = moments_mean_std(group_moments(x, group, reduce))
+    g = _group_ids(group, x)
+    shape = g.shape + (1,) * (x.ndim - g.ndim)
+    return ((x.double() - mean[g].reshape(shape)) / (std[g].reshape(shape) + eps)).to(x.dtype)
+
+
+class GroupRunningStats:
+    """Running mean / variance per group (task) of value targets: the critic's target normalisation.
+
+    Each update merges the batch's per-group moments (all ranks) into the running ones (Chan et al. parallel
+    merge). ``normalize`` / ``denormalize`` map values of group g to (v - mu_g) / sigma_g and back; a group never
+    seen has mu 0, sigma 1."""
+
+    def __init__(self, eps: float = 1e-4):
+        self.count = torch.zeros(MAX_GROUPS, dtype=torch.float64)
+        self.mean = torch.zeros(MAX_GROUPS, dtype=torch.float64)
+        self.var = torch.ones(MAX_GROUPS, dtype=torch.float64)
+        self.eps = float(eps)
+
+    def update(self, x: torch.Tensor, group: torch.Tensor, reduce: Reducer = identity_reducer) -> None:
+        table = group_moments(x, group, reduce)
+        n = table[:, 0]
+        b_mean, b_std = moments_mean_std(table)
+        total = self.count + n
+        seen = n > 0
+        delta = b_mean - self.mean
+        safe = total.clamp_min(1.0)
+        m2 = self.var * self.count + b_std**2 * n + delta * delta * self.count * n / safe
+        self.mean = torch.where(seen, self.mean + delta * n / safe, self.mean)
+        self.var = torch.where(seen, m2 / safe, self.var)
+        self.count = total
+
+    def _ms(self, group: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = _group_ids(group, like)
+        shape = g.shape + (1,) * (like.ndim - g.ndim)
+        std = (self.var + self.eps).sqrt()
+        return self.mean[g].reshape(shape).to(like.dtype), std[g].reshape(shape).to(like.dtype)
+
+    def normalize(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        mean, std = self._ms(group, x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        mean, std = self._ms(group, x)
+        return x * std + mean
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"count": self.count.tolist(), "mean": self.mean.tolist(), "var": self.var.tolist()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        for k in ("count", "mean", "var"):
+            setattr(self, k, torch.tensor(state[k], dtype=torch.float64))

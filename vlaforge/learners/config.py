@@ -31,6 +31,12 @@ class ClipObjectiveConfig(StrictModel):
     # GRPO/DeepSeek; every head); "auto": analytic where the action head has a closed form, else k3.
     kl_estimator: Literal["auto", "analytic", "k3"] = "auto"
     target_kl: float | None = Field(None, gt=0.0)  # stop the update's remaining epochs once approx_kl exceeds it
+    # The importance ratio of a chunk. "chunk": exp(sum of the log-prob differences over every term of the
+    # chunk) -- with the gaussian head that sums n x A dims, so its spread is ~sqrt(n A) times one action's.
+    # "mean": the log-ratio divided by the chunk's number of log-prob terms (head.log_prob_terms: executed
+    # positions x A for the gaussian head), i.e. the geometric mean of the per-dimension ratios (length-
+    # normalised as GSPO's sequence ratio), clipped once. Gradients shrink by that count: raise lr with it.
+    ratio: Literal["chunk", "mean"] = "chunk"
     augment: bool = False  # processor image augmentation during RL (changes log-probs: ratio != 1 at epoch 0)
 
 
@@ -40,11 +46,25 @@ class PPOConfig(ClipObjectiveConfig):
     gamma: float = Field(0.99, gt=0.0, le=1.0)  # per ENV step: a decision covering k steps discounts by gamma**k
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per DECISION (SMDP view of a chunk as one action)
     value_coef: float = Field(0.5, ge=0.0)
-    value_clip: float | None = Field(0.2, gt=0.0)  # clip V around the rollout's value (PPO2); None: plain MSE
-    normalize_advantage: bool = True  # (A - mean) / std over the whole batch (all ranks)
+    # Clip V around the rollout's value (PPO2), in the units the critic regresses in (std units with
+    # value_norm); None: plain MSE.
+    value_clip: float | None = Field(0.2, gt=0.0)
+    normalize_advantage: bool = True  # (A - mean) / std, over the groups of advantage_groups
+    # "batch": one mean/std over the whole batch (all ranks); "task": per task (observation/task_index), so a
+    # task the policy already solves (advantages ~ noise) is not scaled up by the others' spread -- nor they by it.
+    advantage_groups: Literal["batch", "task"] = "batch"
     normalize_reward: bool = False  # divide rewards by a running std of discounted returns (no shift)
-    critic_warmup_updates: int = Field(0, ge=0)  # first updates train only the value head (policy loss zeroed)
+    # Critic warm-up: the first updates train only the critic (policy loss zeroed). critic_warmup_updates is the
+    # most such updates; with critic_warmup_ev set, warm-up ends earlier, at the first update whose rollout
+    # explained variance (the stored values against the fresh targets) reaches it.
+    critic_warmup_updates: int = Field(0, ge=0)
+    critic_warmup_ev: float | None = Field(None, le=1.0)
     value_backbone_grad: bool = True  # False: the value loss trains the value head only (backbone detached)
+    # Per-task running mean/std of the value targets: the critic regresses (G - mu_task) / sigma_task and its
+    # output is de-normalised for GAE (a PopArt-style target normalisation, without the output-preserving
+    # rescale: the statistics move slowly once warm). False: raw targets.
+    value_norm: bool = False
+    critic_lr: float | None = Field(None, gt=0)  # the critic's own learning rate (param group); None: train.lr
 
 
 class GRPOConfig(ClipObjectiveConfig):

@@ -1,8 +1,10 @@
 """PPO on action chunks: TensorDict in (flat samples [N] + model output), TensorDict of losses out.
 
     ratio       = exp(log pi(chunk | s) - log pi_old(chunk | s))   log-probs over the EXECUTED positions
+                  (ratio: mean -> exp(that log-ratio / its number of per-dimension terms))
     loss_objective = -mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A))
     loss_critic    = value_coef * 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))
+                     (V, R in per-task std units with value_norm; no clip with value_clip None)
     loss_entropy   = -entropy_coef * mean(H[pi(. | s)] over the executed positions)
     loss_kl        = kl_coef * mean(KL(pi || pi_ref))   (analytic Gaussian KL, or k3 at the sampled chunk)
 
@@ -113,7 +115,10 @@ class ChunkClipLoss(nn.Module):
         extras = td.get(keys.HEAD_EXTRAS) if keys.HEAD_EXTRAS in td.keys() else None  # e.g. the denoising chain
 
         new_lp = self.policy.log_prob(td, chunk, pad, extras).float()  # (B,)
-        log_ratio = (new_lp - old_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+        chunk_log_ratio = (new_lp - old_lp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # (B,)
+        terms = self.policy.log_prob_terms(chunk, pad).float().clamp_min(1.0)  # (B,) per-dim terms summed
+        mean_log_ratio = (new_lp - old_lp) / terms  # (B,) log of the geometric-mean per-dimension ratio
+        log_ratio = mean_log_ratio if self.cfg.ratio == "mean" else chunk_log_ratio
         ratio = torch.exp(log_ratio)  # (B,)
         clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
         surrogate = torch.minimum(ratio * advantage, clipped * advantage)  # (B,)
@@ -129,9 +134,15 @@ class ChunkClipLoss(nn.Module):
             out.update(self._critic(td, b))
 
         with torch.no_grad():  # diagnostics (TorchRL names)
-            lr = log_ratio.detach()
-            out["clip_fraction"] = ((ratio < 1.0 - self.eps_low) | (ratio > 1.0 + self.eps_high)).float().mean()
-            out["approx_kl"] = ((torch.exp(lr) - 1.0) - lr).mean()  # k3 estimate of KL(old || new)
+            # Both ratio definitions on the same minibatch, whichever one is trained (train.ppo.ratio), so the
+            # effect of the choice is measured, not guessed. approx_kl (what target_kl reads) is the chunk-level
+            # k3 estimate of KL(old || new): the policies' real divergence per decision, in either mode.
+            for name, lr in (("chunk", chunk_log_ratio.detach()), ("mean", mean_log_ratio.detach())):
+                r = torch.exp(lr)
+                out[f"clip_fraction_{name}"] = ((r < 1.0 - self.eps_low) | (r > 1.0 + self.eps_high)).float().mean()
+                out[f"approx_kl_{name}"] = ((r - 1.0) - lr).mean()
+            out["clip_fraction"] = out[f"clip_fraction_{self.cfg.ratio}"]
+            out["approx_kl"] = out["approx_kl_chunk"]
             out["entropy"] = entropy.detach().mean()
             out["ratio_mean"], out["ratio_max"] = ratio.detach().mean(), ratio.detach().max()
             if keys.ACTION_LOG_STD in td.keys():
@@ -194,24 +205,49 @@ class PPOObjective(ChunkClipLoss):
             raise ValueError("objective 'ppo' needs a critic: build the policy with policy.value_head = true "
                              "(RLLearnerActor.setup_rl does so when it loads a BC checkpoint)")
         self.reward_norm = adv.RunningReturnStd()
+        self.value_stats = adv.GroupRunningStats()  # per task (value_norm)
+        self.update, self.warmup_done = 0, cfg.critic_warmup_updates == 0
         self.detach_value_input = not cfg.value_backbone_grad
         # Critic warm-up / value_backbone_grad=False: the value head sees a detached readout, so the value
         # loss moves the value head only, never the shared backbone the actor reads.
-        head.register_forward_pre_hook(lambda _m, args: tuple(x.detach() for x in args) if self.detach_value_input else None)
+        head.register_forward_pre_hook(
+            lambda _m, args: tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in args)
+            if self.detach_value_input else None)
 
     def set_update(self, update: int) -> None:
-        warm = update < self.cfg.critic_warmup_updates
+        self.update = int(update)
+        if self.update >= self.cfg.critic_warmup_updates:  # the bound; the EV test runs in prepare()
+            self.warmup_done = True
+        self._set_warm(not self.warmup_done)
+
+    def _set_warm(self, warm: bool) -> None:
         self.policy_enabled = not warm
         self.detach_value_input = warm or not self.cfg.value_backbone_grad
 
+    def _end_warmup(self, ev: float) -> None:
+        """Warm-up ends after critic_warmup_updates, or earlier once the rollout explained variance reaches
+        critic_warmup_ev (the same number on every rank: it is computed from all-reduced moments)."""
+        cfg: PPOConfig = self.cfg
+        if self.warmup_done:
+            return
+        if cfg.critic_warmup_ev is not None and ev >= cfg.critic_warmup_ev:
+            self.warmup_done = True
+            self._set_warm(False)
+
     def prepare(self, batch: TensorDictBase, ctx: RLContext) -> tuple[TensorDictBase, dict[str, float]]:
         """Full rollout batch [B, T] (the same on every rank) -> this rank's samples [N] with ADVANTAGE,
-        VALUE_TARGET, OLD_VALUE (N, 1). Advantage / reward statistics are global (``ctx.reduce``)."""
+        VALUE_TARGET, OLD_VALUE (N, 1). Advantage / reward statistics are global (``ctx.reduce``).
+        With value_norm the critic's outputs (VALUE in the batch, ctx.value_fn) are in per-task std units:
+        they are de-normalised for GAE, and the targets it regresses are normalised with the updated stats."""
         cfg: PPOConfig = self.cfg
         b, t = adv.batch_dims(batch, "ppo")
         if keys.VALUE not in batch.keys():
             raise KeyError("ppo: the rollout batch has no state_value: the rollout actors must run a policy with a "
                            "value head (export the RL learner's policy after setup_rl and build the pool from it)")
+        needs_task = cfg.value_norm or cfg.advantage_groups == "task"
+        if needs_task and keys.TASK_INDEX not in batch.keys(include_nested=True):
+            raise KeyError(f"ppo: value_norm / advantage_groups 'task' need {adv._name(keys.TASK_INDEX)} in the batch "
+                           "(the rollout actors' observations carry it)")
         shard = batch[shard_rows(b, ctx.rank, ctx.world_size, "ppo")]  # [B_r, T] (a copy)
         flags = adv.step_flags(shard, "ppo")
         metrics: dict[str, float] = {}
@@ -221,25 +257,48 @@ class PPOObjective(ChunkClipLoss):
             shard.set((keys.NEXT, keys.REWARD), flags[keys.REWARD] * self.reward_norm.scale)
             metrics["reward_scale"] = self.reward_norm.scale
         metrics["bootstrap_frac"] = float(ctx.reduce(adv.bootstrap_mask(shard).sum().double())) / (b * t)
-        adv.gae(shard, cfg.gamma, cfg.gae_lambda, ctx.value_fn)
+        raw_value = shard.get(keys.VALUE).float()  # (B_r, T, 1) the critic's output at sampling time
+        value_fn = ctx.value_fn
+        if cfg.value_norm:
+            task = shard.get(keys.TASK_INDEX)  # (B_r, T)
+            shard.set(keys.VALUE, self.value_stats.denormalize(raw_value, task))
+            if value_fn is not None:
+                inner = value_fn
+
+                def value_fn(obs: TensorDictBase) -> torch.Tensor:  # noqa: F811 -- de-normalised bootstrap values
+                    return self.value_stats.denormalize(inner(obs).float(), obs.get(keys.TASK_INDEX).reshape(-1))
+        adv.gae(shard, cfg.gamma, cfg.gae_lambda, value_fn)
         a, target, old = shard.get(keys.ADVANTAGE), shard.get(keys.VALUE_TARGET), shard.get(keys.VALUE).float()
         ones = torch.ones_like(a, dtype=torch.bool)
         a_mean, a_std = adv.masked_mean_std(a, ones, ctx.reduce)
         t_mean, t_std = adv.masked_mean_std(target, ones, ctx.reduce)
         _, res_std = adv.masked_mean_std(target - old, ones, ctx.reduce)
+        ev = float(1.0 - res_std**2 / max(float(t_std) ** 2, 1e-8))
         metrics.update(advantage_mean=float(a_mean), advantage_std=float(a_std), value_target_mean=float(t_mean),
-                       explained_variance_rollout=float(1.0 - res_std**2 / max(float(t_std) ** 2, 1e-8)))
+                       explained_variance_rollout=ev)
+        self._end_warmup(ev)
+        if cfg.value_norm:
+            self.value_stats.update(target, task, ctx.reduce)
+            shard.set(keys.VALUE_TARGET, self.value_stats.normalize(target, task))
+            old = raw_value  # OLD_VALUE (value_clip) in the critic's own units
         if cfg.normalize_advantage:
-            shard.set(keys.ADVANTAGE, adv.normalize_advantages(a, ones, ctx.reduce))
+            if cfg.advantage_groups == "task":
+                shard.set(keys.ADVANTAGE, adv.normalize_by_group(a, shard.get(keys.TASK_INDEX), ctx.reduce))
+            else:
+                shard.set(keys.ADVANTAGE, adv.normalize_advantages(a, ones, ctx.reduce))
         samples = shard.select(*SAMPLE_KEYS, keys.VALUE_TARGET, strict=False).reshape(-1)  # [B_r * T]
         samples.set(keys.OLD_VALUE, old.reshape(-1, 1))
         return samples, metrics
 
     def state_dict_rl(self) -> dict[str, Any]:
-        return {"reward_norm": self.reward_norm.state_dict()}
+        return {"reward_norm": self.reward_norm.state_dict(), "value_stats": self.value_stats.state_dict(),
+                "warmup_done": self.warmup_done}
 
     def load_state_dict_rl(self, state: dict[str, Any]) -> None:
         self.reward_norm.load_state_dict(state["reward_norm"])
+        if "value_stats" in state:  # checkpoints written before value_norm existed have neither
+            self.value_stats.load_state_dict(state["value_stats"])
+            self.warmup_done = bool(state["warmup_done"])
 
 
 @register_objective("ppo")

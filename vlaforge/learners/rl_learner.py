@@ -93,7 +93,7 @@ class RLLearnerActor(LearnerActor):
             self.kl_mode = self.objective.kl_mode  # "analytic" on a head without one fails here, before any update
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model_parameters=self._param_groups(model),
             config=ds_config(self.train_cfg, self.world_size),
             # train.steps counts RL updates; each is epochs x num_minibatches optimizer steps
             lr_scheduler=lambda opt: lr_scheduler(
@@ -108,6 +108,19 @@ class RLLearnerActor(LearnerActor):
                 "num_params": sum(p.numel() for p in model.parameters()),
                 "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "value_head": bool(self.policy_cfg.value_head), "spec": self.spec.to_dict()}
+
+    def _param_groups(self, model: torch.nn.Module) -> list:
+        """The trainable parameters; with train.ppo.critic_lr the critic's ('value.*') in their own param group
+        at that learning rate (the LR schedule's LambdaLR scales every group's own base lr)."""
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        critic_lr = getattr(self.rl_cfg, "critic_lr", None)
+        if critic_lr is None:
+            return [p for _, p in params]
+        critic = [p for n, p in params if n.startswith(_VALUE_PREFIX)]
+        if not critic:
+            raise ValueError("train.ppo.critic_lr is set but the policy has no critic parameters ('value.*')")
+        return [{"params": [p for n, p in params if not n.startswith(_VALUE_PREFIX)]},
+                {"params": critic, "lr": float(critic_lr)}]
 
     # -- helpers --------------------------------------------------------------------------------------
     def _all_sum(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,13 +209,15 @@ class RLLearnerActor(LearnerActor):
                 out = self.engine(inp)  # the head's output (e.g. ACTION_MEAN / HEAD_FEATURES) [+ VALUE (b, 1)]
                 losses = obj(inp.update(out))
                 loss = total_loss(losses)
-                lr = self.engine.get_lr()[0]
+                lrs = self.engine.get_lr()  # [actor] or [actor, critic] (train.ppo.critic_lr)
                 if not self.guard.step(self.engine, loss):  # every rank agrees: same step counts everywhere
                     skipped += 1
                     continue
                 gn = self.engine.get_global_grad_norm()
                 sums["loss"] += float(loss.detach())
-                sums["lr"] += float(lr)
+                sums["lr"] += float(lrs[0])
+                if len(lrs) > 1:
+                    sums["critic_lr"] += float(lrs[1])
                 sums["grad_norm"] += float(gn) if gn is not None else float("nan")
                 for k, v in losses.items():
                     sums[k] += float(v.detach())

@@ -156,6 +156,8 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
                 with timers.phase("eval"):
                     record["eval_end"] = _evaluate(policy_dir, srecipe, stage_dir / "eval", metrics, ctx.step,
                                                    prefix=f"eval/{stage.name}", faults=(ctx.faults, stage.name))
+                if "eval_start" in record:  # same states: McNemar per task, into eval.json and stage.json
+                    record["paired"] = _paired(record["eval_start"], record["eval_end"], stage_dir / "eval")
             record.update(policy_dir=str(policy_dir), end_step=ctx.step)
             results[stage.name] = record
             tmp = stage_dir / "stage.json.tmp"
@@ -169,6 +171,19 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             ctx.chaos.close()
         ctx.faults.write(run_dir)  # also when the run stops: what went wrong and what was done about it
         metrics.close()
+
+
+def _paired(start: dict, end: dict, out_dir: Path) -> dict:
+    from vlaforge.platform.evaluation import paired_comparison
+
+    paired = paired_comparison(start, end)
+    end["paired_vs_start"] = paired
+    tmp = out_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(end, indent=2))
+    tmp.replace(out_dir / "eval.json")
+    log.info("start -> end (McNemar, same states): %s", "; ".join(
+        f"{t} {v['delta']:+.0%} p={v['p_value']:.3g}" for t, v in {**paired["tasks"], "pooled": paired["pooled"]}.items()))
+    return paired
 
 
 def _eval_brief(result: dict) -> dict:
@@ -214,6 +229,10 @@ def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: 
             if res is not None:
                 per = ", ".join(f"{t} {v:.0%}" for t, v in _eval_brief(res)["tasks"].items())
                 lines.append(f"{name + ' ' + label + ':':<13}mean {res['mean_success_rate']:.0%} ({per})")
+        if "paired" in rec:
+            lines.append(f"{'':13}paired (McNemar exact p): " + ", ".join(
+                f"{t} {v['delta']:+.0%} p={v['p_value']:.2g}" for t, v in {**rec["paired"]["tasks"],
+                                                                         "pooled": rec["paired"]["pooled"]}.items()))
         if "videos" in rec.get("eval_end", {}):
             lines.append(f"{'':13}{(run_dir / name / 'eval' / 'eval.json').resolve()}")
             lines.append(f"{'':13}videos: {(run_dir / name / 'eval' / 'videos').resolve()}")

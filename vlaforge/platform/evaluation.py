@@ -1,7 +1,10 @@
 """Statistically honest evaluation: fixed seeded initial states, Wilson intervals, streaming results.
 
 The initial-state set of a task is ``seed_offset + i`` for episode i (the same for every checkpoint, so
-two evaluations compare like with like). Waves of up to ``envs_per_worker`` episodes go to a pool of
+two evaluations compare like with like) -- the TEST states that results are reported on; ``eval.split:
+validation`` uses the disjoint range ``validation_seed_offset + i`` for choosing recipes. Two evaluations of
+the same states (a stage's start and end) are compared per task by McNemar's exact test on the paired
+episodes (``paired_comparison``). Waves of up to ``envs_per_worker`` episodes go to a pool of
 Ray evaluation actors and stream back as they finish; per-task success gets a Wilson score interval
 (exact enough for small n, never outside [0, 1], unlike the normal approximation).
 """
@@ -42,7 +45,7 @@ def episode_plan(tasks: list[str], cfg: EvalConfig) -> list[tuple[str, list[int]
     """Waves of (task, seeds, record-video flags); at most envs_per_worker episodes per wave."""
     waves = []
     for task in tasks:
-        seeds = [cfg.seed_offset + i for i in range(cfg.episodes_per_task)]
+        seeds = [cfg.first_seed + i for i in range(cfg.episodes_per_task)]
         for start in range(0, len(seeds), cfg.envs_per_worker):
             chunk = seeds[start : start + cfg.envs_per_worker]
             record = [start + j < cfg.videos_per_task for j in range(len(chunk))]
@@ -74,6 +77,40 @@ def summarize(episodes: list[dict], tasks: list[str], confidence: float) -> dict
         "confidence": confidence,
         "tasks": per_task,
     }
+
+
+def mcnemar_exact(start_only: int, end_only: int) -> float:
+    """Two-sided exact McNemar p-value: under H0 (no change) each discordant pair (success in one evaluation
+    only) is start-only or end-only with probability 1/2, so p = P(Binomial(b + c, 1/2) as extreme as seen)."""
+    n, k = start_only + end_only, min(start_only, end_only)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_comparison(start: dict, end: dict) -> dict:
+    """Per task (and pooled) McNemar test of two eval.json results on the SAME initial states (paired by
+    task and seed): both / neither succeeded, start-only (b) and end-only (c) successes, the change in success
+    rate and the exact p-value. States evaluated in only one of the two are left out (counted)."""
+    def by_key(res: dict) -> dict:
+        return {(e["task"], int(e["seed"])): bool(e["success"]) for e in res.get("episodes", [])}
+
+    a, z = by_key(start), by_key(end)
+    common = sorted(set(a) & set(z))
+    out: dict = {"tasks": {}, "unpaired": len(set(a) ^ set(z))}
+    for task in sorted({t for t, _ in common}) + [None]:
+        pairs = [(a[k], z[k]) for k in common if task is None or k[0] == task]
+        b = sum(1 for x, y in pairs if x and not y)
+        c = sum(1 for x, y in pairs if y and not x)
+        row = {"pairs": len(pairs), "both": sum(1 for x, y in pairs if x and y),
+               "neither": sum(1 for x, y in pairs if not x and not y), "start_only": b, "end_only": c,
+               "delta": (c - b) / max(1, len(pairs)), "p_value": mcnemar_exact(b, c)}
+        if task is None:
+            out["pooled"] = row
+        else:
+            out["tasks"][task] = row
+    return out
 
 
 SUCCESS_RGB = (0, 200, 0)
@@ -210,7 +247,7 @@ def run_evaluation(
     result.update(
         policy=str(policy_dir),
         instructions=cfg.instructions,
-        seeds={"offset": cfg.seed_offset, "episodes_per_task": cfg.episodes_per_task},
+        seeds={"split": cfg.split, "offset": cfg.first_seed, "episodes_per_task": cfg.episodes_per_task},
         env_steps=steps,
         env_steps_per_s=steps / max(elapsed, 1e-9),
         wall_s=elapsed,

@@ -72,6 +72,12 @@ def _normalizers() -> Iterable[str]:
     return NORMALIZER_REGISTRY.names()
 
 
+def _critics() -> Iterable[str]:
+    from vlaforge.policies.heads.value import CRITIC_REGISTRY
+
+    return CRITIC_REGISTRY.names()
+
+
 def _env_backends() -> Iterable[str]:
     from vlaforge.envs import BACKEND_MODULES  # cheap: the contract (torch) and simulators load lazily
 
@@ -146,6 +152,7 @@ NAMED_FIELDS: dict[Path_, Named] = {
     ("policy", "language", "type"): LANGUAGE,
     ("policy", "backbone", "type"): _policies("BACKBONE_REGISTRY", "register_backbone"),
     ("policy", "head", "type"): _policies("HEAD_REGISTRY", "register_head"),
+    ("policy", "critic"): Named("critic", _critics, "policies", ("register_critic",)),
     ("policy", "action_norm"): Named("action normaliser", _normalizers, "policies",
                                      ("register_normalizer", "NORMALIZER_REGISTRY.register")),
     ("reward_model", "vision", "type"): VISION,

@@ -121,6 +121,41 @@ def group_relative_objectives(v: View, ctx: Context):
                f"of envs.max_episode_steps = {m} short; use steps_per_sample >= {math.ceil(m / k)}")
 
 
+@rule
+def ppo_rollouts(v: View, ctx: Context):
+    """PPO's stored values and old log-probs must come from the weights it updates: sync rollouts only; whole
+    episode rows must cover an episode."""
+    if "ppo" not in v.kind.objectives:
+        return
+    r = v.recipe.rollout
+    if r.mode != "sync":
+        yield (("rollout", "mode"), r.mode,
+               "PPO runs with rollout.mode 'sync' only: its advantages and ratios use the values and log-probs stored "
+               "at sampling time, which in async mode come from older weights than the bootstrap values and the "
+               "update (a version mix); use mode: sync")
+    k, m = v.recipe.policy.n_action_steps, v.recipe.envs.max_episode_steps
+    if r.episode_rows and r.steps_per_sample * k < m:
+        yield (("rollout", "steps_per_sample"), r.steps_per_sample,
+               f"rollout.episode_rows makes each row one whole episode: steps_per_sample x policy.n_action_steps = "
+               f"{r.steps_per_sample * k} env steps would cut episodes of envs.max_episode_steps = {m}; use "
+               f"steps_per_sample >= {math.ceil(m / k)}")
+
+
+@rule
+def gaussian_head_options(v: View, ctx: Context):
+    """The gaussian head's std mode and clipping exist for that head only; clipping to [-1, 1] is the data range
+    only under min_max action normalisation."""
+    h, p = v.recipe.policy.head, v.recipe.policy
+    for key, value, default in (("std", h.std, "param"), ("clip_actions", h.clip_actions, False)):
+        if value != default and h.type != "gaussian":
+            yield (("policy", "head", key), value, f"is an option of policy.head.type 'gaussian' (this recipe's head "
+                                                   f"is {h.type!r}); remove it")
+    if h.clip_actions and p.action_norm != "min_max":
+        yield (("policy", "head", "clip_actions"), True,
+               f"clips to the normalised box [-1, 1], which is the demos' action range only with policy.action_norm "
+               f"'min_max' (got {p.action_norm!r}); use min_max or clip_actions: false")
+
+
 # -- chunks, episodes, rollouts ---------------------------------------------------------------------------
 @rule
 def chunk_fits_episode(v: View, ctx: Context):
@@ -243,11 +278,12 @@ def eval_seeds_unseen(v: View, ctx: Context):
         return
     d, ev = r.demos, r.eval
     lo, hi = d.seed, d.seed + d.max_attempts_factor * d.episodes_per_task  # demo reset seeds [lo, hi)
-    if ev.seed_offset < hi and lo < ev.seed_offset + ev.episodes_per_task:
-        yield (("eval", "seed_offset"), ev.seed_offset,
-               f"evaluation seeds [{ev.seed_offset}, {ev.seed_offset + ev.episodes_per_task}) overlap the demo seeds "
-               f"[{lo}, {hi}) (demos.seed + max_attempts_factor x episodes_per_task): evaluation would replay "
-               f"training initial states; use eval.seed_offset >= {hi}")
+    for key, first in (("seed_offset", ev.seed_offset), ("validation_seed_offset", ev.validation_seed_offset)):
+        if first < hi and lo < first + ev.episodes_per_task:
+            yield (("eval", key), first,
+                   f"evaluation seeds [{first}, {first + ev.episodes_per_task}) overlap the demo seeds "
+                   f"[{lo}, {hi}) (demos.seed + max_attempts_factor x episodes_per_task): evaluation would replay "
+                   f"training initial states; use eval.{key} >= {hi}")
 
 
 # -- the machine: paths and CPUs ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Metrics of each ``sample`` call (``RolloutBatch.metrics``):
   rollout/env_steps, rollout/env_steps_per_s   executed env steps in the batch; per second of the call
                                                (async: per second since the previous call returned)
   rollout/episode_return, episode_length, success_rate, episodes   over episodes that ended in the batch
+  rollout/success_rate/<task>                                      the same per task
   rollout/policy_lag, policy_lag_max           newest version - each row's version
   time/rollout_s                               wall time of the call
   time/broadcast_s                             slowest actor's weight load (ray.get + copy) in the batch
@@ -338,6 +339,9 @@ class RolloutPool:
             m["rollout/episode_return"] = sum(episodes.returns) / len(episodes)
             m["rollout/episode_length"] = sum(episodes.lengths) / len(episodes)
             m["rollout/success_rate"] = sum(episodes.successes) / len(episodes)
+            for task in sorted(set(episodes.tasks)):  # per task: one task's collapse is not hidden by another's gain
+                won = [s for s, t in zip(episodes.successes, episodes.tasks) if t == task]
+                m[f"rollout/success_rate/{task}"] = sum(won) / len(won)
         if self.cfg.mode == "async":
             log.info("rollout: policy lag mean %.2f max %d (max_policy_lag=%d), %d stale results dropped so far",
                      m["rollout/policy_lag"], m["rollout/policy_lag_max"], self.cfg.max_policy_lag,

@@ -164,7 +164,14 @@ class HeadConfig(StrictModel):
     # the mean detached (train.bc_std_coef), so log_prob is available for RL.
     init_log_std: float = -1.0
     min_log_std: float = -5.0
-    max_log_std: float = 1.0
+    max_log_std: float = 1.0  # min_log_std is the floor of the std (both std modes)
+    # gaussian: "param": one learned log_std per (K, A), the same in every state; "state": a linear map of
+    # the readout (initialised to init_log_std with zero weights, so it starts as "param"), clamped the same.
+    std: Literal["param", "state"] = "param"
+    # gaussian: a clipped Gaussian on the normalised box [-1, 1]^A (min_max normalisation: the demos' range,
+    # where Meta-World's experts saturate): samples are clamped there and log_prob is that of the EXECUTED,
+    # clamped action -- the Gaussian's mass beyond a bound for an action at the bound. False: unbounded Gaussian.
+    clip_actions: bool = False
     tokens: TokensHeadConfig = Field(default_factory=TokensHeadConfig)  # used when type = tokens
     diffusion: DiffusionHeadConfig = Field(default_factory=DiffusionHeadConfig)  # used when type = diffusion
     flow: FlowHeadConfig = Field(default_factory=FlowHeadConfig)  # used when type = flow
@@ -191,7 +198,11 @@ class PolicyConfig(StrictModel):
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
-    value_head: bool = False  # a critic head on the shared backbone (RL)
+    value_head: bool = False  # a critic (RL): built by PPO's learner when it loads a BC policy
+    # The critic, a key of vlaforge.policies.heads.value.CRITIC_REGISTRY: "readout" (MLP on the backbone's
+    # action-query readout, shared trunk) or "state" (its own MLP trunk on the normalised state vector: no
+    # parameters shared with the actor, so the value loss cannot disturb it).
+    critic: str = "readout"
 
     @model_validator(mode="after")
     def _check_backbone(self):

@@ -15,7 +15,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
 from vlaforge.policies.config import PolicyConfig
-from vlaforge.policies.heads import ValueHead  # importing the package registers every head
+from vlaforge.policies.heads import value as _value  # importing the package registers every head
 from vlaforge.policies.registry import BACKBONE_REGISTRY, HEAD_REGISTRY, POLICY_REGISTRY, register_policy
 from vlaforge.policies.spec import PolicySpec
 
@@ -32,14 +32,14 @@ class VLAPolicy(nn.Module):
         self.cfg, self.spec = cfg, spec
         self.backbone = BACKBONE_REGISTRY.get(cfg.backbone.type)(cfg, spec)
         self.head = HEAD_REGISTRY.get(cfg.head.type)(cfg, spec.action_dim)
-        self.value = ValueHead(cfg.dim) if cfg.value_head else None
+        self.value = _value.build_critic(cfg.critic, cfg.dim, spec.state_dim) if cfg.value_head else None
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         """td: the processor's output for this backbone (PIXELS/TOKENS or VLM_INPUTS, + STATE_NORM)."""
         readout = self.backbone(td)  # (B, K, dim)
         out = self.head(readout)
         if self.value is not None:
-            out.set(keys.VALUE, self.value(readout))
+            out.set(keys.VALUE, self.value(readout, td))  # (B, 1)
         return out
 
     # -- distribution helpers (delegate to the head; all in the normalised action space) -------------
@@ -55,6 +55,9 @@ class VLAPolicy(nn.Module):
     def log_prob(self, out: TensorDictBase, action_chunk: torch.Tensor, pad: torch.Tensor | None = None,
                  extras: TensorDictBase | None = None) -> torch.Tensor:
         return self.head.log_prob(out, action_chunk, pad, extras)  # (B,)
+
+    def log_prob_terms(self, action_chunk: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.log_prob_terms(action_chunk, pad)  # (B,)
 
     def entropy(self, out: TensorDictBase, pad: torch.Tensor | None = None,
                 extras: TensorDictBase | None = None) -> torch.Tensor:

@@ -139,6 +139,14 @@ class ActionHead(nn.Module):
                 extras: TensorDictBase | None = None) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def log_prob_terms(self, chunk: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) float: how many per-dimension terms ``log_prob`` adds up, the length that ``train.ppo.ratio:
+        mean`` divides the chunk log-ratio by. Position-masking heads: executed positions x A; heads that score
+        the whole sampled variable: K x A for every row (a constant scale of the chain's log-prob)."""
+        if self.masks_positions:
+            return valid_mask(pad, chunk).sum(-1) * chunk.shape[-1]
+        return torch.full(chunk.shape[:1], float(chunk.shape[1] * chunk.shape[2]), device=chunk.device)
+
     def analytic_kl(self, out: TensorDictBase, ref_out: TensorDictBase, pad: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no closed-form KL: use train.ppo.kl_estimator k3 (or auto)")
 

@@ -5,6 +5,17 @@ BC:  loss_bc  = masked MSE(ACTION_MEAN, TARGET_CHUNK)                 trains the
 Detaching the mean in the NLL keeps the std term from re-weighting the mean's regression (a small std would
 otherwise multiply the mean's gradient by 1/std^2, and a large one would mute it); the std still becomes the
 calibrated spread RL fine-tuning starts exploring from. Positions factorise: log_prob masks padding exactly.
+
+``head.std: state`` makes log_std a linear map of each position's readout (a state-dependent std); in both
+modes it is clamped to [min_log_std, max_log_std] (min_log_std is the exploration floor).
+``head.clip_actions``: a CLIPPED Gaussian on the normalised box [-1, 1] (what the env executes: the rollout
+clamps every action to the env's bounds, and Meta-World's experts saturate at +-1). Samples are clamped to
+the box and the log-prob is that of the clamped value: the Normal density inside, and at a bound the whole
+mass beyond it, log Phi((-1 - mean) / std) or log Phi((mean - 1) / std). So the stored log-prob is the
+probability of the action that ran, not of an unexecuted pre-clamp sample, and PPO's ratio compares the two
+policies on what was executed (Fujita & Maeda 2018, "Clipped Action Policy Gradient").
+Entropy and the analytic KL stay the unclipped Gaussian's: the entropy bonus is a stand-in, and the KL of
+the clipped distributions is at most that of the Gaussians (clipping is a deterministic map: data processing).
 """
 
 from __future__ import annotations
@@ -54,6 +65,9 @@ def gaussian_bc_loss(td: TensorDictBase, std_coef: float = 1.0) -> TensorDict:
     )
 
 
+_AT_BOUND = 1e-6  # a clamped action sits exactly on the bound; float tolerance of that test
+
+
 @register_head("gaussian")
 class GaussianHead(ActionHead):
     """Mean from the readout token, a learned state-independent log_std per (K, A), clamped to
@@ -65,12 +79,19 @@ class GaussianHead(ActionHead):
         super().__init__(cfg.chunk_size, action_dim)
         hc = cfg.head
         self.mean = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, action_dim))
-        self.log_std = nn.Parameter(torch.full((cfg.chunk_size, action_dim), float(hc.init_log_std)))
+        if hc.std == "state":  # per-position linear map of the readout, starting as the constant init_log_std
+            self.log_std = nn.Linear(cfg.dim, action_dim)
+            nn.init.zeros_(self.log_std.weight)
+            nn.init.constant_(self.log_std.bias, float(hc.init_log_std))
+        else:
+            self.log_std = nn.Parameter(torch.full((cfg.chunk_size, action_dim), float(hc.init_log_std)))
         self.min_log_std, self.max_log_std = hc.min_log_std, hc.max_log_std
+        self.clip_actions = bool(hc.clip_actions)
 
     def forward(self, readout: torch.Tensor) -> TensorDict:
         mean = self.mean(readout)  # (B, K, A)
-        log_std = self.log_std.clamp(self.min_log_std, self.max_log_std).expand_as(mean)  # (B, K, A)
+        raw = self.log_std(readout) if isinstance(self.log_std, nn.Linear) else self.log_std.expand_as(mean)
+        log_std = raw.clamp(self.min_log_std, self.max_log_std)  # (B, K, A)
         return TensorDict({keys.ACTION_MEAN: mean, keys.ACTION_LOG_STD: log_std}, batch_size=readout.shape[:1])
 
     def bc_loss(self, td: TensorDictBase, std_coef: float = 1.0) -> TensorDict:
@@ -88,6 +109,11 @@ class GaussianHead(ActionHead):
         mean, log_std = out.get(keys.ACTION_MEAN), out.get(keys.ACTION_LOG_STD)
         z = (action - mean) * torch.exp(-log_std)
         lp = -0.5 * z.pow(2) - log_std - LOG_SQRT_2PI  # (B, K, A)
+        if self.clip_actions:  # mass beyond the bound for actions at it: log Phi((-1 - mean)/std), log Phi((mean - 1)/std)
+            inv = torch.exp(-log_std)
+            low = torch.special.log_ndtr((-1.0 - mean) * inv)
+            high = torch.special.log_ndtr((mean - 1.0) * inv)
+            lp = torch.where(action <= -1.0 + _AT_BOUND, low, torch.where(action >= 1.0 - _AT_BOUND, high, lp))
         return (lp.sum(-1) * valid_mask(pad, mean)).sum(-1)  # (B,)
 
     def entropy(self, out: TensorDictBase, pad: torch.Tensor | None = None,
@@ -104,6 +130,8 @@ class GaussianHead(ActionHead):
         else:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             chunk = mean + noise * out.get(keys.ACTION_LOG_STD).exp()  # (B, K, A)
+        if self.clip_actions:  # the action that runs (the env clamps to its box as well)
+            chunk = chunk.clamp(-1.0, 1.0)
         return packed(chunk, self.log_prob(out, chunk))
 
     def analytic_kl(self, out: TensorDictBase, ref_out: TensorDictBase, pad: torch.Tensor) -> torch.Tensor:
