@@ -57,6 +57,8 @@ RM_LOGIT = "rm_logit"  # float32 (B,): success logit (kind "success") or per-fra
 RM_TARGET = "rm_target"  # float32 (B,): label in [0, 1]; 1 = the frame shows success, soft = progress
 RM_REWARD = "rm_reward"  # float32 (B, 1) under "next": the reward model's reward for that decision
 ENV_REWARD = "env_reward"  # float32 (B, 1) under "next": the simulator's reward, kept when the RM replaces it
+RM_LEVEL = "rm_level"  # float32 (B, 1) under "next": p(success | next observation), the RM's level
+RM_SHAPING = "rm_shaping"  # float32 (B, 1) under "next": gamma^k Phi(s') - Phi(s), Phi = the RM's level
 
 # -- episode bookkeeping -------------------------------------------------------------------------------
 EPISODE_INDEX = "episode_index"  # int64

@@ -1,5 +1,5 @@
-"""RewardScorer: shapes, output mappings (level / delta / binary), env / rm / mix rewards on rollout
-trajectories, loading from a saved model, reward_metrics on crafted cases, and the scorer as a Ray
+"""RewardScorer: shapes, output mappings (level / binary), env / rm / mix base rewards plus potential-based
+shaping (gamma^k, telescoping on a toy episode) on rollout trajectories, loading from a saved model, reward_metrics on crafted cases, and the scorer as a Ray
 actor group giving the same rewards as in-process (slow)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from tensordict import NonTensorStack, TensorDict
 
 from vlaforge import keys
-from vlaforge.actors.reward import RewardScorer, RewardWorker, mix_rewards, reward_metrics
+from vlaforge.actors.reward import RewardScorer, RewardWorker, mix_rewards, reward_metrics, shaping_terms
 from vlaforge.policies.reward_config import RewardModelConfig
 from vlaforge.policies.reward_model import RewardModel, RewardProcessor, rm_spec, save_reward_model
 
@@ -53,37 +53,66 @@ def trajectory(seed: int = 0) -> TensorDict:
 
 def test_score_shapes_and_outputs(model):
     m, proc = model
-    o, o2 = obs(B, 0), obs(B, 1)
-    scorer = RewardScorer(m, proc, cfg(output="level"))
-    p0, p1 = scorer.score(o), scorer.score(o2)
-    assert p1.shape == (B,) and ((p1 > 0) & (p1 < 1)).all() and torch.allclose(p1, scorer.logits(o2).sigmoid())
-    assert torch.equal(scorer.rm_reward(None, o2), p1)
-    assert torch.allclose(RewardScorer(m, proc, cfg(output="delta")).rm_reward(o, o2), p1 - p0)
+    o = obs(B, 1)
+    p1 = RewardScorer(m, proc, cfg(output="level")).score(o)
+    assert p1.shape == (B,) and ((p1 > 0) & (p1 < 1)).all() and torch.allclose(p1, RewardScorer(m, proc).logits(o).sigmoid())
     thr = float(p1.median())  # both sides of the threshold occur
-    binary = RewardScorer(m, proc, cfg(output="binary", threshold=thr)).rm_reward(None, o2)
-    assert torch.equal(binary, (p1 >= thr).float()) and 0 < binary.sum() < B
-    with pytest.raises(ValueError, match="'delta' needs the observation"):
-        RewardScorer(m, proc, cfg(output="delta")).rm_reward(None, o2)
+    traj = trajectory()
+    level = RewardScorer(m, proc, cfg(mode="rm")).annotate(traj.clone()).get((keys.NEXT, keys.RM_LEVEL))
+    binary = RewardScorer(m, proc, cfg(mode="rm", output="binary", threshold=thr)).annotate(traj.clone())
+    assert torch.equal(binary.get((keys.NEXT, keys.REWARD)), (level >= thr).float())
     with pytest.raises(ValueError, match="needs its RewardProcessor"):
         RewardScorer(m)
+    with pytest.raises(ValueError):  # the old replacing "delta" reward is gone: shaping is added to a base
+        cfg(output="delta")
+
+
+def test_shaping_sums_to_the_discounted_potential_difference():
+    """Toy episode of 5 decisions covering k = 4, 4, 3, 4, 2 env steps (T = 17): sum_t gamma^(K_t) F_t with
+    K_t = env steps before decision t equals gamma^T Phi_T - Phi_0; with a termination at the end Phi_T = 0."""
+    phi = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.9, 0.7])  # Phi(s_0) .. Phi(s_5)
+    k = torch.tensor([4, 4, 3, 4, 2])
+    gamma, no_term = 0.97, torch.zeros(5, dtype=torch.bool)
+    f = shaping_terms(phi[:-1], phi[1:], k, no_term, gamma)
+    before = torch.cat([torch.zeros(1, dtype=torch.long), k.cumsum(0)[:-1]])  # K_t
+    total = float((gamma ** before.double() * f.double()).sum())
+    assert total == pytest.approx(gamma ** 17 * 0.7 - 0.1, abs=1e-6)
+    term = no_term.clone()
+    term[-1] = True
+    f_term = shaping_terms(phi[:-1], phi[1:], k, term, gamma)
+    assert float((gamma ** before.double() * f_term.double()).sum()) == pytest.approx(-0.1, abs=1e-6)
+    assert float(f.sum()) != pytest.approx(0.7 - 0.1, abs=1e-3)  # without gamma^k it would not telescope
+    with pytest.raises(ValueError, match="one shape"):
+        shaping_terms(phi[:-1], phi[1:], k[:4], no_term, gamma)
 
 
 @pytest.mark.parametrize("mode", ["env", "rm", "mix"])
-def test_annotate_mixes_by_mode(model, mode):
+@pytest.mark.parametrize("shaping", [0.0, 2.0])
+def test_annotate_adds_shaping_to_the_base_of_the_mode(model, mode, shaping):
     m, proc = model
-    c = cfg(mode=mode, mix_weight=0.25)
+    c = cfg(mode=mode, mix_weight=0.25, shaping=shaping)
     traj = trajectory()
+    traj.set(keys.EXEC_STEPS, torch.randint(1, 5, (B, T)))
+    term = torch.zeros(B, T, 1, dtype=torch.bool)
+    term[0, 2] = True
+    traj.get(keys.NEXT).set(keys.TERMINATED, term)
     env = traj.get((keys.NEXT, keys.REWARD)).clone()
-    expected_rm = RewardScorer(m, proc, c).score(traj.get(keys.NEXT).select(keys.IMAGE, keys.STATE).set(
+    scorer = RewardScorer(m, proc, c)
+    level = scorer.score(traj.get(keys.NEXT).select(keys.IMAGE, keys.STATE).set(
         keys.INSTRUCTION, traj.get(keys.INSTRUCTION))).unsqueeze(-1)  # p(success | next obs), (B, T, 1)
-    out = RewardScorer(m, proc, c).annotate(traj)
-    rm = out.get((keys.NEXT, keys.RM_REWARD))
-    assert rm.shape == (B, T, 1) and torch.allclose(rm, expected_rm, atol=1e-6)
-    assert torch.equal(out.get((keys.NEXT, keys.ENV_REWARD)), env)
-    want = {"env": env, "rm": rm, "mix": 0.75 * env + 0.25 * rm}[mode]
-    assert torch.allclose(out.get((keys.NEXT, keys.REWARD)), want)
-    again = RewardScorer(m, proc, c).annotate(out)  # idempotent: mixes from the kept env reward
-    assert torch.allclose(again.get((keys.NEXT, keys.REWARD)), want)
+    phi = scorer.score(traj).unsqueeze(-1)  # p(success | obs)
+    out = scorer.annotate(traj, gamma=0.9)
+    nxt = out.get(keys.NEXT)
+    assert torch.allclose(nxt.get(keys.RM_LEVEL), level, atol=1e-6)
+    want_shaping = 0.9 ** traj.get(keys.EXEC_STEPS).unsqueeze(-1).float() * level * (~term).float() - phi
+    assert torch.allclose(nxt.get(keys.RM_SHAPING), want_shaping if shaping else torch.zeros_like(level), atol=1e-6)
+    base = {"env": env, "rm": level, "mix": 0.75 * env + 0.25 * level}[mode]
+    want = base + shaping * want_shaping
+    assert torch.allclose(nxt.get(keys.REWARD), want, atol=1e-5)
+    assert torch.allclose(nxt.get(keys.RM_REWARD), want - {"env": env, "rm": 0 * env, "mix": 0.75 * env}[mode], atol=1e-5)
+    assert torch.equal(nxt.get(keys.ENV_REWARD), env)
+    again = scorer.annotate(out, gamma=0.9)  # idempotent: mixes from the kept env reward
+    assert torch.allclose(again.get((keys.NEXT, keys.REWARD)), want, atol=1e-5)
 
 
 def test_annotate_needs_the_next_image(model):
@@ -108,19 +137,23 @@ def test_scorer_from_a_saved_model_uses_the_recipe_config(model, tmp_path):
     assert RewardScorer(path, cfg=cfg(mode="rm")).cfg.mode == "rm"  # the recipe's block wins
 
 
-def test_reward_metrics_on_crafted_cases():
-    rm = torch.tensor([0.9, 0.8, 0.1, 0.2])
+def test_reward_metrics_score_the_level_against_the_level_flag():
+    level = torch.tensor([0.9, 0.8, 0.1, 0.2])
     ok = torch.tensor([True, True, False, False])
-    m = reward_metrics(rm, ok)
-    # centred rm = [.4, .3, -.4, -.3], success = [.5, .5, -.5, -.5]: r = .7 / sqrt(.5 * 1) = 0.98995
-    assert m["reward/rm_mean"] == pytest.approx(0.5) and m["reward/true_success"] == 0.5
+    m = reward_metrics(level, ok, rm_reward=torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    # centred level = [.4, .3, -.4, -.3], success = [.5, .5, -.5, -.5]: r = .7 / sqrt(.5 * 1) = 0.98995
+    assert m["reward/rm_level_mean"] == pytest.approx(0.5) and m["reward/true_success"] == 0.5
     assert m["reward/rm_success_corr"] == pytest.approx(0.7 / math.sqrt(0.5)) and m["reward/rm_auroc"] == 1.0
+    assert m["reward/rm_pos_level"] == pytest.approx(0.85) and m["reward/rm_neg_level"] == pytest.approx(0.15)
+    assert m["reward/rm_mean"] == 0.5
+    perfect = reward_metrics(ok.float(), ok)  # a perfect RM's level scores 1 (its delta would not)
+    assert perfect["reward/rm_success_corr"] == pytest.approx(1.0) and perfect["reward/rm_auroc"] == 1.0
     hacked = reward_metrics(torch.tensor([0.1, 0.2, 0.9, 0.8]).reshape(2, 2, 1), ok.reshape(2, 2, 1))
     assert hacked["reward/rm_success_corr"] < -0.9 and hacked["reward/rm_auroc"] == 0.0  # RM rewards the failures
-    flat = reward_metrics(rm, torch.zeros(4, dtype=torch.bool))
+    flat = reward_metrics(level, torch.zeros(4, dtype=torch.bool))
     assert math.isnan(flat["reward/rm_success_corr"]) and math.isnan(flat["reward/rm_auroc"])
-    with pytest.raises(ValueError, match="4 RM rewards vs 3"):
-        reward_metrics(rm, ok[:3])
+    with pytest.raises(ValueError, match="4 RM levels vs 3"):
+        reward_metrics(level, ok[:3])
 
 
 @pytest.mark.slow

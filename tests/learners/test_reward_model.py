@@ -91,10 +91,78 @@ def test_rollout_rows_split_into_episodes_at_done():
     names = [f"name{i}" for i in range(10)]
     eps = episodes_from_rollouts(traj, task_names=names)
     assert [(len(e), e.outcome, e.complete, e.task) for e in eps] == [
-        (3, True, True, "name3"), (3, False, False, "name3"), (6, False, True, "name7")]
-    assert eps[0].success_frame == 2 and int(eps[1].image[0, 0, 0, 0, 0]) == 3  # frames = the NEXT images
+        (3, True, True, "name3"), (6, False, True, "name7"), (3, False, False, "name3")]  # running ones last
+    assert eps[0].success_frame == 2 and int(eps[2].image[0, 0, 0, 0, 0]) == 3  # frames = the NEXT images
     with pytest.raises(KeyError, match="NEXT observation"):
         episodes_from_rollouts(traj.exclude((keys.NEXT, *keys.IMAGE)))
+
+
+def consecutive_samples(lengths: list[list[int]], t: int, n: int) -> list[TensorDict]:
+    """n consecutive [B, t] samples of one pool: row b runs episodes of lengths[b] (cycled) back to back, the
+    window cutting them anywhere. Every next image holds its TRUE episode id (1, 2, ...) as pixel value; an
+    episode succeeds on its last 2 frames when its id is even."""
+    b = len(lengths)
+    ids = torch.zeros(b, n * t, dtype=torch.long)
+    done, success = torch.zeros(b, n * t, dtype=torch.bool), torch.zeros(b, n * t, dtype=torch.bool)
+    next_id = 1
+    for row in range(b):
+        pos, k = 0, 0
+        while pos < n * t:
+            length = lengths[row][k % len(lengths[row])]
+            ids[row, pos : pos + length] = next_id
+            if pos + length - 1 < n * t:
+                done[row, pos + length - 1] = True
+            if next_id % 2 == 0:
+                success[row, max(pos, pos + length - 2) : pos + length] = True
+            pos, k, next_id = pos + length, k + 1, next_id + 1
+    out = []
+    for i in range(n):
+        sl = slice(i * t, (i + 1) * t)
+        img = ids[:, sl].reshape(b, t, 1, 1, 1, 1).expand(b, t, 1, 4, 4, 3).to(torch.uint8)
+        traj = TensorDict({keys.TASK_INDEX: torch.full((b, t), 7),
+                           keys.NEXT: TensorDict({keys.IMAGE: img, keys.STATE: ids[:, sl, None].float(),
+                                                  keys.SUCCESS: success[:, sl, None], keys.DONE: done[:, sl, None]},
+                                                 batch_size=[b, t])}, batch_size=[b, t])
+        traj.set(keys.INSTRUCTION, NonTensorStack.from_list([["push the button"] * t] * b))
+        out.append(traj)
+    return out
+
+
+def _ids(ep: RMEpisode) -> set[int]:
+    return set(ep.image[:, 0, 0, 0, 0].tolist())
+
+
+def test_consecutive_samples_join_episodes_cut_by_the_window():
+    samples = consecutive_samples([[7], [3, 9], [12]], t=5, n=3)
+    eps = episodes_from_rollouts(samples, task_names=[f"name{i}" for i in range(10)])
+    assert all(len(_ids(e)) == 1 for e in eps)  # one true episode per RMEpisode
+    assert len({i for e in eps for i in _ids(e)}) == len(eps)  # ... and each true episode in ONE RMEpisode
+    whole = {next(iter(_ids(e))): e for e in eps}
+    assert len(whole[1]) == 7 and whole[1].complete and whole[1].task == "name7"  # rows 0: 7 = 5 + 2, joined
+    assert not whole[max(whole)].complete  # the last one still runs at the end of the 3rd sample
+    assert len(whole[7]) == 12 and not whole[7].outcome  # row 2's first episode spans 3 samples (frames 0..11)
+    two = whole[2]  # row 0's frames 7..13: samples 2 and 3, success on its last 2 frames
+    assert len(two) == 7 and two.success.tolist() == [False] * 5 + [True, True] and two.outcome and two.complete
+    with pytest.raises(ValueError, match="same rows"):
+        episodes_from_rollouts([samples[0], samples[1][:2]])
+
+
+def test_no_episode_crosses_the_held_out_split():
+    """A held-out frame's episode never has frames in the training set. Fragments of one episode cut by the
+    sample window used to be separate 'episodes' and landed on both sides."""
+    samples = consecutive_samples([[7], [3, 9], [12], [6, 4], [10], [5, 8]], t=5, n=4)
+    cfg = RewardModelConfig(heldout_fraction=0.4, balance=False)
+    leaked_before = 0
+    for seed in range(10):
+        train, held = build_reward_data(cfg, rollouts=samples, task_names=[f"name{i}" for i in range(10)], seed=seed)
+        assert len(held) and len(train)
+        tr, he = set(train.get(keys.STATE)[:, 0].long().tolist()), set(held.get(keys.STATE)[:, 0].long().tolist())
+        assert not tr & he, (seed, tr & he)
+        # the per-sample fragments of before (one sample at a time) do put one episode on both sides
+        frags = [e for s in samples for e in episodes_from_rollouts(s)]
+        a, b = split_episodes(frags, 0.4, seed)
+        leaked_before += bool({i for e in a for i in _ids(e)} & {i for e in b for i in _ids(e)})
+    assert leaked_before > 0
 
 
 def test_build_reward_data_from_a_dataset_and_rollouts(tmp_path):

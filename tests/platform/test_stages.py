@@ -33,7 +33,7 @@ def rows(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def staged_run(ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("staged") / "run"
-    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld_rm.yaml", TINY)
+    recipe = load_recipe(ROOT / "configs" / "ppo_metaworld_rm.yaml", TINY[:-1] + ["reward_model.refresh.every=3", TINY[-1]])
     return run_dir, recipe, train(recipe, run_dir=run_dir)
 
 
@@ -65,7 +65,8 @@ def test_ppo_updates_weights_and_bumps_the_broadcast_version(staged_run):
 def test_reward_model_reward_is_logged_next_to_true_success(staged_run):
     run_dir, _, _ = staged_run
     rl = [r for r in rows(run_dir) if "train/version" in r]
-    for key in ("reward/rm_mean", "reward/true_success", "reward/rm_success_corr", "reward/env_mean"):
+    for key in ("reward/rm_mean", "reward/rm_level_mean", "reward/true_success", "reward/rm_success_corr",
+                "reward/rm_auroc", "reward/env_mean", "reward/shaping_mean"):
         assert all(key in r for r in rl), key
     assert any("reward/rm_eval_auroc" in r for r in rows(run_dir))
 

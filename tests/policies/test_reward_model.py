@@ -94,7 +94,7 @@ def test_processor_errors_name_the_problem():
 def test_round_trip_and_wrong_kind(tmp_path):
     from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy, save_pretrained
 
-    cfg = rm_cfg(use_state=True, output="delta", threshold=0.7)
+    cfg = rm_cfg(use_state=True, output="binary", shaping=0.5, threshold=0.7)
     data = frames(5)
     torch.manual_seed(1)
     model = RewardModel(cfg, rm_spec((1, 32, 32, 3), S))

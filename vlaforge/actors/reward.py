@@ -1,15 +1,17 @@
-"""Reward model inference for RL: a ``RewardScorer`` used inside rollout actors, the same scorer as a
-Ray actor group (``RewardWorker``), reward mixing, and the metrics that make reward hacking visible.
+"""Reward model inference for RL: a ``RewardScorer`` used by the RL driver (or inside rollout actors), the
+same scorer as a Ray actor group (``RewardWorker``), the shaping term, and the metrics that make reward
+hacking visible.
 
-Per decision (obs -> chunk -> next obs), inside a rollout actor:
+The reward of a decision obs s -> chunk (k env steps) -> next obs s' (RewardModelConfig, "the RL reward"):
 
-    scorer = RewardScorer(rm_cfg.model_dir, cfg=rm_cfg)          # once per actor
-    rm = scorer.rm_reward(obs, next_obs)                          # (B,) by cfg.output
-    reward = mix_rewards(env_reward, rm.unsqueeze(-1), rm_cfg)    # (B, 1) by cfg.mode
+    base   = env reward            (mode env)  | RM term (mode rm) | (1 - w) env + w RM term (mode mix)
+    RM term = p(success | s')      (output level) | 1[p(success | s') >= threshold] (output binary)
+    reward = base + shaping * (gamma^k Phi(s') - Phi(s)),   Phi = p(success | .), Phi(s') = 0 after termination
 
-or on a whole trajectory [B, T] (with ("next", image)) after sampling: ``traj = scorer.annotate(traj)``
-adds ("next", "rm_reward") and ("next", "env_reward") and sets ("next", "reward") by the mode. The driver
-logs ``reward_metrics(traj["next", "rm_reward"], traj["next", "success"])`` every iteration.
+On a whole trajectory [B, T] (with ("next", image)): ``traj = scorer.annotate(traj, gamma)`` adds ("next",
+rm_level) = p(success | s'), ("next", rm_shaping), ("next", rm_reward) = what the RM adds to the reward,
+("next", env_reward) = the simulator's reward, and sets ("next", reward). The driver logs
+``reward_metrics(level, success, rm_reward)`` every iteration: the RM's LEVEL next to the level success flag.
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ from vlaforge.policies.reward_model import (
     predict_logits,
 )
 
-# cfg.output: (p(success | obs) or None, p(success | next obs), threshold) -> reward (B,)
-REWARD_OUTPUTS: dict[str, Callable[[torch.Tensor | None, torch.Tensor, float], torch.Tensor]] = {
-    "level": lambda p0, p1, thr: p1,
-    "delta": lambda p0, p1, thr: p1 - p0,  # potential-based shaping: sums to p(last) - p(first) per episode
-    "binary": lambda p0, p1, thr: (p1 >= thr).float(),
+# cfg.output: (p(success | next obs), threshold) -> the RM term of a decision (B,)
+REWARD_OUTPUTS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "level": lambda p1, thr: p1,
+    "binary": lambda p1, thr: (p1 >= thr).float(),
 }
-# cfg.mode: (env reward, RM reward, mix weight) -> the reward the RL objective sees
+# cfg.mode: (env reward, RM term, mix weight) -> the base reward the RL objective sees
 REWARD_MIXERS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "env": lambda env, rm, w: env,
     "rm": lambda env, rm, w: rm,
@@ -46,22 +47,46 @@ REWARD_MIXERS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Ten
 
 
 def mix_rewards(env_reward: torch.Tensor, rm_reward: torch.Tensor, cfg: RewardModelConfig) -> torch.Tensor:
-    """Reward of cfg.mode from equally shaped env and RM rewards (e.g. (B, 1) or (B, T, 1))."""
+    """Base reward of cfg.mode from equally shaped env reward and RM term (e.g. (B, 1) or (B, T, 1))."""
     if env_reward.shape != rm_reward.shape:
         raise ValueError(f"mix_rewards: env reward {tuple(env_reward.shape)} and RM reward {tuple(rm_reward.shape)} differ")
     return REWARD_MIXERS[cfg.mode](env_reward.float(), rm_reward.float(), cfg.mix_weight)
 
 
-def reward_metrics(rm_rewards: torch.Tensor, true_success: torch.Tensor, prefix: str = "reward/") -> dict[str, float]:
-    """RM reward next to the simulator's success (same shape, e.g. per decision (B, T, 1)):
-    rm_mean, true_success (rate), rm_success_corr (Pearson; NaN if either is constant) and rm_auroc
-    (how well the RM reward ranks success steps above the others; NaN without both kinds). A rising
-    rm_mean with a flat true_success and a falling correlation is reward hacking."""
-    rm, ok = rm_rewards.detach().float().flatten(), true_success.detach().flatten().bool()
-    if rm.numel() != ok.numel() or rm.numel() == 0:
-        raise ValueError(f"reward_metrics: {rm.numel()} RM rewards vs {ok.numel()} success flags (need equal, > 0)")
-    return {f"{prefix}rm_mean": float(rm.mean()), f"{prefix}true_success": float(ok.float().mean()),
-            f"{prefix}rm_success_corr": pearson(rm, ok.float()), f"{prefix}rm_auroc": auroc(rm, ok)}
+def shaping_terms(phi: torch.Tensor, phi_next: torch.Tensor, exec_steps: torch.Tensor, terminated: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """Potential-based shaping per decision (Ng et al. 1999, semi-MDP form): gamma^k Phi(s') - Phi(s).
+
+    phi, phi_next float (...), exec_steps k int (...), terminated bool (...) -> float (...). After a
+    termination Phi(s') = 0 (the MDP ended: no future to discount into); after a truncation Phi(s') is kept,
+    as the critic bootstraps there. Over an episode the discounted sum sum_t gamma^(k_0+..+k_{t-1}) F_t
+    telescopes to gamma^T Phi(s_T) - Phi(s_0), T = its env steps (tests/actors/test_reward.py)."""
+    if not (phi.shape == phi_next.shape == exec_steps.shape == terminated.shape):
+        raise ValueError(f"shaping_terms: phi {tuple(phi.shape)}, phi_next {tuple(phi_next.shape)}, exec_steps "
+                         f"{tuple(exec_steps.shape)} and terminated {tuple(terminated.shape)} must have one shape")
+    discount = torch.pow(torch.tensor(float(gamma), dtype=torch.float32), exec_steps.float())
+    return discount * phi_next.float() * (~terminated.bool()).float() - phi.float()
+
+
+def reward_metrics(level: torch.Tensor, true_success: torch.Tensor, rm_reward: torch.Tensor | None = None,
+                   prefix: str = "reward/") -> dict[str, float]:
+    """The RM's LEVEL p(success | s') next to the simulator's level success flag of the same decision (same
+    shape, e.g. (B, T, 1)): rm_level_mean, true_success (rate), rm_success_corr (Pearson of level vs flag; NaN
+    if either is constant), rm_auroc (per decision: how well the level ranks success decisions above the
+    others; NaN without both kinds), rm_pos_level / rm_neg_level (mean level on success / other decisions), and
+    with ``rm_reward`` (what the RM added to the reward) its mean rm_mean. A falling rm_auroc / correlation
+    with rising RM reward is reward hacking; a perfect RM scores corr 1 and AUROC 1 here (a delta would not)."""
+    lv, ok = level.detach().float().flatten(), true_success.detach().flatten().bool()
+    if lv.numel() != ok.numel() or lv.numel() == 0:
+        raise ValueError(f"reward_metrics: {lv.numel()} RM levels vs {ok.numel()} success flags (need equal, > 0)")
+    nan = float("nan")
+    out = {f"{prefix}rm_level_mean": float(lv.mean()), f"{prefix}true_success": float(ok.float().mean()),
+           f"{prefix}rm_success_corr": pearson(lv, ok.float()), f"{prefix}rm_auroc": auroc(lv, ok),
+           f"{prefix}rm_pos_level": float(lv[ok].mean()) if ok.any() else nan,
+           f"{prefix}rm_neg_level": float(lv[~ok].mean()) if (~ok).any() else nan}
+    if rm_reward is not None:
+        out[f"{prefix}rm_mean"] = float(rm_reward.detach().float().mean())
+    return out
 
 
 def _next_obs(traj: TensorDictBase) -> TensorDict:
@@ -80,7 +105,7 @@ def _next_obs(traj: TensorDictBase) -> TensorDict:
 
 class RewardScorer:
     """``model``: a reward model directory (save_reward_model) or a RewardModel (then ``processor`` too).
-    ``cfg``: the recipe's reward_model block (mode / output / threshold); default: the model's own."""
+    ``cfg``: the recipe's reward_model block (mode / output / threshold / shaping); default: the model's own."""
 
     def __init__(self, model: str | os.PathLike | RewardModel, processor: RewardProcessor | None = None,
                  cfg: RewardModelConfig | None = None, device: str | torch.device = "cpu", batch_size: int = 256):
@@ -101,29 +126,33 @@ class RewardScorer:
         sigmoid of the per-frame score: monotone in it, not a calibrated probability."""
         return self.logits(obs).sigmoid()
 
-    def rm_reward(self, obs: TensorDictBase | None, next_obs: TensorDictBase) -> torch.Tensor:
-        """Reward of the decision obs -> next_obs by cfg.output, shape next_obs.batch_size. ``obs`` is only
-        read by "delta" (None is fine otherwise)."""
-        if self.cfg.output == "delta":
-            if obs is None:
-                raise ValueError("reward_model.output 'delta' needs the observation before the decision too")
-            p0, p1 = self.score(obs), self.score(next_obs)
-        else:
-            p0, p1 = None, self.score(next_obs)
-        return REWARD_OUTPUTS[self.cfg.output](p0, p1, self.cfg.threshold)
-
-    def annotate(self, traj: TensorDictBase) -> TensorDictBase:
-        """Trajectories [B, T] -> the same TensorDict with ("next", rm_reward) (B, T, 1), ("next", env_reward)
-        = the simulator's reward, and ("next", reward) replaced by mix_rewards (unchanged for mode "env")."""
+    def annotate(self, traj: TensorDictBase, gamma: float = 1.0) -> TensorDictBase:
+        """Trajectories [B, T] -> the same TensorDict with, under "next" (each (B, T, 1)): rm_level = p(success |
+        s'), rm_shaping = gamma^k Phi(s') - Phi(s) (zeros without cfg.shaping), rm_reward = what the RM adds to the
+        reward, env_reward = the simulator's reward, and reward = mix_rewards(env, RM term) + shaping * rm_shaping.
+        ``gamma``: the RL objective's discount per env step. Idempotent (mixes from the kept env reward)."""
         nxt = traj.get(keys.NEXT)
-        env_reward = nxt.get(keys.ENV_REWARD) if keys.ENV_REWARD in nxt.keys() else nxt.get(keys.REWARD)  # idempotent
-        rm = self.rm_reward(traj, _next_obs(traj)).reshape(env_reward.shape)  # (B, T, 1)
-        nxt.set(keys.RM_REWARD, rm)
+        env_reward = nxt.get(keys.ENV_REWARD) if keys.ENV_REWARD in nxt.keys() else nxt.get(keys.REWARD)
+        shape = env_reward.shape  # (B, T, 1)
+        level = self.score(_next_obs(traj)).reshape(shape)  # p(success | s'), (B, T, 1)
+        term = REWARD_OUTPUTS[self.cfg.output](level, self.cfg.threshold)
+        base = mix_rewards(env_reward, term, self.cfg)
+        shaping = torch.zeros_like(level)
+        if self.cfg.shaping > 0:
+            if keys.EXEC_STEPS not in traj.keys() or keys.TERMINATED not in nxt.keys():
+                raise KeyError(f"reward_model.shaping needs {keys.EXEC_STEPS!r} and ('next', {keys.TERMINATED!r}) in "
+                               "the trajectory (the rollout actor records both)")
+            phi = self.score(traj).reshape(shape)  # Phi(s) of the decision's own observation
+            shaping = shaping_terms(phi, level, traj.get(keys.EXEC_STEPS).reshape(shape),
+                                    nxt.get(keys.TERMINATED).reshape(shape), gamma)
+        rm_part = mix_rewards(torch.zeros_like(term), term, self.cfg) + self.cfg.shaping * shaping  # base with env = 0
+        nxt.set(keys.RM_LEVEL, level)
+        nxt.set(keys.RM_SHAPING, shaping)
+        nxt.set(keys.RM_REWARD, rm_part)
         nxt.set(keys.ENV_REWARD, env_reward)
-        nxt.set(keys.REWARD, mix_rewards(env_reward, rm, self.cfg).to(env_reward.dtype))
+        nxt.set(keys.REWARD, (base + self.cfg.shaping * shaping).to(env_reward.dtype))
         traj.set(keys.NEXT, nxt)
         return traj
-
 
 
 class RewardWorker:
@@ -144,5 +173,5 @@ class RewardWorker:
     def score(self, obs: TensorDictBase) -> torch.Tensor:
         return self.scorer.score(obs)
 
-    def annotate(self, traj: TensorDictBase) -> TensorDictBase:
-        return self.scorer.annotate(traj)
+    def annotate(self, traj: TensorDictBase, gamma: float = 1.0) -> TensorDictBase:
+        return self.scorer.annotate(traj, gamma)

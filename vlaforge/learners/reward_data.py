@@ -87,12 +87,49 @@ def episodes_from_dataset(root: str | Path, episodes: Sequence[int] | None = Non
     return out
 
 
-def episodes_from_rollouts(traj: TensorDictBase, task_names: Sequence[str] | None = None) -> list[RMEpisode]:
-    """Rollout trajectories [B, T] -> episodes (a row splits after every done step). Needs ("next", image),
-    ("next", success), ("next", done) and the observation's instruction; ``task_names`` maps task_index to
-    names (e.g. vlaforge.envs.ALL_TASKS) so that rollouts and demos of one task match. With action chunks
+def episodes_from_rollouts(trajs: TensorDictBase | Sequence[TensorDictBase], task_names: Sequence[str] | None = None
+                           ) -> list[RMEpisode]:
+    """Rollout trajectories [B, T] -> WHOLE episodes (a row splits after every done step). Needs ("next",
+    image), ("next", success), ("next", done) and the observation's instruction; ``task_names`` maps task_index
+    to names (e.g. vlaforge.envs.ALL_TASKS) so that rollouts and demos of one task match. With action chunks
     ("next", success) means success at any executed step while the image is the chunk's last observation:
-    the same frame whenever success ends the episode (terminate_on_success, the default)."""
+    the same frame whenever success ends the episode (terminate_on_success, the default).
+
+    A list of trajectories is CONSECUTIVE sync-mode samples of one pool: row b of sample i+1 continues the
+    episode that row b of sample i left running (the same simulator; the pool orders results by actor
+    rank), so such fragments are joined into one episode. Held-out splits are by episode, and one episode
+    cut by the sample window must not land on both sides (it would leak its frames). If an actor restarted
+    in between, the join puts two episodes together: conservative for the split, per-frame labels unchanged."""
+    out: list[RMEpisode] = []
+    open_: dict[int, RMEpisode] = {}  # row -> its episode still running at the end of the previous sample
+    rows = None
+    for traj in ([trajs] if isinstance(trajs, TensorDictBase) else list(trajs)):
+        frags = _row_fragments(traj, task_names)
+        if rows is not None and len(frags) != rows:
+            raise ValueError(f"episodes_from_rollouts: consecutive samples must have the same rows (the same "
+                             f"simulators), got {rows} then {len(frags)}")
+        rows = len(frags)
+        for row, eps in frags.items():
+            if row in open_ and eps and eps[0][0] == 0:  # continues the previous sample's running episode
+                head = open_.pop(row)
+                first = eps[0][1]
+                eps[0] = (0, RMEpisode(image=torch.cat([head.image, first.image]), state=torch.cat([head.state, first.state]),
+                                       success=torch.cat([head.success, first.success]),
+                                       outcome=head.outcome or first.outcome, complete=first.complete,
+                                       instruction=head.instruction, task=head.task, source="rollout"))
+            for _, ep in eps[:-1]:
+                out.append(ep)
+            last = eps[-1][1]
+            if last.complete:
+                out.append(last)
+            else:
+                open_[row] = last
+    out.extend(open_[row] for row in sorted(open_))  # still running at the end: incomplete episodes
+    return out
+
+
+def _row_fragments(traj: TensorDictBase, task_names: Sequence[str] | None) -> dict[int, list[tuple[int, RMEpisode]]]:
+    """One trajectory [B, T] -> {row: [(first decision index, episode fragment), ...]} in time order."""
     need = [(keys.NEXT, *keys.IMAGE), (keys.NEXT, keys.SUCCESS), (keys.NEXT, keys.DONE), keys.INSTRUCTION]
     missing = [k for k in need if k not in traj.keys(True)]
     if missing or traj.batch_dims != 2:
@@ -107,11 +144,12 @@ def episodes_from_rollouts(traj: TensorDictBase, task_names: Sequence[str] | Non
     instr = traj.get(keys.INSTRUCTION)
     instr = instr.tolist() if hasattr(instr, "tolist") else instr  # B lists of T strings
     task_idx = traj.get(keys.TASK_INDEX) if keys.TASK_INDEX in traj.keys(True) else None
-    out = []
+    out: dict[int, list[tuple[int, RMEpisode]]] = {}
     b, t = traj.batch_size
     for row in range(b):
         ends = [i + 1 for i in range(t) if done[row, i]]
         starts = [0] + ends
+        out[row] = []
         for lo, hi in zip(starts, ends + [t]):
             if hi <= lo:
                 continue
@@ -120,16 +158,18 @@ def episodes_from_rollouts(traj: TensorDictBase, task_names: Sequence[str] | Non
             else:
                 k = int(task_idx[row, lo])
                 task = task_names[k] if task_names is not None else f"task-{k}"
-            out.append(RMEpisode(image=image[row, lo:hi], state=state[row, lo:hi].reshape(hi - lo, -1),
-                                 success=success[row, lo:hi].clone(), outcome=bool(success[row, lo:hi].any()),
-                                 complete=bool(done[row, hi - 1]), instruction=str(instr[row][lo]), task=task,
-                                 source="rollout"))
+            out[row].append((lo, RMEpisode(image=image[row, lo:hi], state=state[row, lo:hi].reshape(hi - lo, -1),
+                                           success=success[row, lo:hi].clone(), outcome=bool(success[row, lo:hi].any()),
+                                           complete=bool(done[row, hi - 1]), instruction=str(instr[row][lo]), task=task,
+                                           source="rollout")))
     return out
 
 
 def split_episodes(episodes: Sequence[RMEpisode], heldout_fraction: float, seed: int = 0
                    ) -> tuple[list[RMEpisode], list[RMEpisode]]:
-    """Held-out episodes per (task, outcome) group, so both halves see successes and failures of every task."""
+    """Held-out episodes per (task, outcome) group, so both halves see successes and failures of every task.
+    The unit is the episode: each RMEpisode goes wholly to one side (rollouts: episodes_from_rollouts joins
+    an episode's fragments across consecutive samples first, so none is split by the sample window)."""
     groups: dict[tuple[str, bool], list[int]] = {}
     for i, ep in enumerate(episodes):
         groups.setdefault((ep.task, ep.outcome), []).append(i)
@@ -280,7 +320,7 @@ def build_reward_data(cfg: RewardModelConfig, datasets: Sequence[str | Path] = (
     set, held-out set or None). Held-out = cfg.heldout_fraction of the episodes (split_episodes); kind
     "success": balanced frames / every held-out frame with its exact flag; "preference": pairs of both."""
     episodes = [ep for root in datasets for ep in episodes_from_dataset(root, skip_bad=skip_bad_episodes)]
-    episodes += [ep for traj in rollouts for ep in episodes_from_rollouts(traj, task_names)]
+    episodes += episodes_from_rollouts(list(rollouts), task_names) if rollouts else []  # consecutive samples joined
     if not episodes:
         raise ValueError("build_reward_data: no episodes (give demonstration datasets and/or rollouts)")
     train, held = split_episodes(episodes, cfg.heldout_fraction, seed)

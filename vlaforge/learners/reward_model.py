@@ -11,6 +11,7 @@ the preferred segment first), so the DeepSpeed learner loop (vlaforge/learners/r
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 
@@ -122,15 +123,21 @@ def prepare_batch(processor: RewardProcessor, batch: TensorDictBase, train: bool
 
 # -- single process ------------------------------------------------------------------------------------
 def train_reward_model(data: TensorDictBase, cfg: RewardModelConfig, eval_data: TensorDictBase | None = None,
-                       log_every: int = 0) -> tuple[RewardModel, RewardProcessor, dict[str, float]]:
+                       log_every: int = 0, init: tuple[RewardModel, RewardProcessor] | None = None
+                       ) -> tuple[RewardModel, RewardProcessor, dict[str, float]]:
     """Train on a labeled set (build_success_set / build_preference_set) in this process with AdamW, the
     learners' warmup + cosine LR and gradient clipping. -> (model in eval mode, processor, metrics):
     rm/loss_first, rm/loss (mean of the last 10% of steps), rm/<diagnostics>, rm/seconds, and with
-    ``eval_data`` the held-out rm_eval/* of ``evaluate_reward_model``. log_every > 0 prints progress."""
+    ``eval_data`` the held-out rm_eval/* of ``evaluate_reward_model``. log_every > 0 prints progress.
+    ``init``: fine-tune a copy of this (model, processor) instead of a fresh model (the RM refresh during RL:
+    its processor, e.g. the state statistics, stays as the RL reward was defined with)."""
     train = train_config_for(cfg)
     torch.manual_seed(cfg.seed)
-    model = RewardModel(cfg, spec_of(data))
-    processor = RewardProcessor.fit(cfg, data)
+    if init is not None:
+        model, processor = copy.deepcopy(init[0]).train(), init[1]
+    else:
+        model = RewardModel(cfg, spec_of(data))
+        processor = RewardProcessor.fit(cfg, data)
     objective = build_objective(train.objective, train, model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -161,7 +161,7 @@ def dashboard_layout(recipe: Any) -> dict:
         "RL": {"policy": ["Multiline", [r"train/(approx_kl|clip_fraction|entropy)$"]],
                "value": ["Multiline", [r"train/(explained_variance|loss_critic)$"]],
                "return": ["Multiline", [r"rollout/episode_return$"]]},
-        "reward model": {"RM vs true success": ["Multiline", [r"reward/(rm_mean|true_success|rm_success_corr|env_mean)$"]]},
+        "reward model": {"RM vs true success": ["Multiline", [r"reward/(rm_mean|rm_level_mean|true_success|rm_success_corr|rm_auroc|env_mean)$"]]},
     }
 
 

@@ -103,6 +103,9 @@ def provenance(policy_dir: Path, run: Path | None) -> dict:
     if recipe.stages[index].kind in ("ppo", "grpo") and srecipe.reward_model.enabled:
         ctx = StageContext(recipe=recipe, run_dir=run, metrics=None, timers=None, resume=False)
         rm = reward_model_dir(ctx, srecipe)
+        refreshed = run / recipe.stages[index].name / "reward_model"  # refreshed during RL (platform/rl_reward.py)
+        if srecipe.reward_model.refresh.every and refreshed.is_dir():
+            rm = refreshed
         if rm is not None:
             version = json.loads((rm / "config.json").read_text()).get("vlaforge_version") if (rm / "config.json").exists() else None
             out["reward_model"] = {"path": str(rm), "mode": srecipe.reward_model.mode, "vlaforge_version": version,

@@ -228,6 +228,19 @@ def reward_model_available(v: View, ctx: Context):
                f"reward_model.model_dir or put a reward_model stage before it")
 
 
+@rule
+def reward_model_refresh(v: View, ctx: Context):
+    """A refresh joins the episodes of consecutive samples by row (platform/rl_reward.py): sync sampling only."""
+    rm = v.recipe.reward_model
+    if v.kind.reward_model == "uses" and rm.enabled and rm.refresh.every and v.recipe.rollout.mode != "sync":
+        yield (("rollout", "mode"), v.recipe.rollout.mode,
+               "'sync' with reward_model.refresh.every > 0: a refresh joins episodes across consecutive samples by "
+               "simulator, which async sampling reorders (or set reward_model.refresh.every: 0)")
+    if v.kind.reward_model == "uses" and rm.enabled and rm.refresh.every > v.recipe.train.steps:
+        yield (("reward_model", "refresh", "every"), rm.refresh.every,
+               f"<= train.steps ({v.recipe.train.steps}) of stage '{v.stage.name}', or it never refreshes")
+
+
 # -- instructions and seeds ------------------------------------------------------------------------------
 @rule
 def heldout_instructions(v: View, ctx: Context):

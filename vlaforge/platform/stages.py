@@ -205,6 +205,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
     from vlaforge.envs import resolve_tasks
     from vlaforge.learners.rl_learner import RLLearnerActor
     from vlaforge.platform.metrics import system_metrics
+    from vlaforge.platform.rl_reward import make_reward_hook
     from vlaforge.platform.rollout_pool import RolloutPool
     from vlaforge.platform.weight_sync import WeightSync
 
@@ -235,7 +236,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             pool = RolloutPool(recipe.envs, PolicySource.from_dir(start_dir), recipe.rollout,
                                resolve_tasks(recipe.envs.tasks), seed=recipe.seed, timeouts_cfg=recipe.runtime.timeouts)
             handle = sync.attach(pool, handle)
-        scorer = make_reward_hook(ctx, recipe)
+        scorer = make_reward_hook(ctx, recipe, t, stage_dir)  # platform/rl_reward.py: RM reward, diagnostics, refresh
         base = ctx.step
         watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
         bar = tqdm(total=t.steps, initial=update, desc=f"{stage.name} ({t.objective})", unit="update")
@@ -245,7 +246,7 @@ def run_rl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             with ctx.timers.phase("rollout"):
                 batch, handle = sync.sample(pool, handle)
             _drain_pool_events(ctx, stage, pool, update)
-            reward_metrics = scorer(batch.data) if scorer is not None else {}
+            reward_metrics = scorer(batch.data, update) if scorer is not None else {}
             with ctx.timers.phase("learn"):
                 m = learners.call("train_rl", ray.put(batch.data))[0]
             back = watch.check(m, update + 1)
@@ -297,34 +298,6 @@ def reward_model_dir(ctx: StageContext, recipe: Recipe) -> Path | None:
     return None
 
 
-def make_reward_hook(ctx: StageContext, recipe: Recipe):
-    """-> None (env reward, no RM), or fn(batch [B, T]) that writes the RM / mixed reward into the batch
-    and returns reward/* metrics: the RM reward next to the simulator's true success, per decision, so a
-    rising RM reward with flat true success (reward hacking) is visible on the dashboard."""
-    cfg = recipe.reward_model
-    if not cfg.enabled:
-        return None
-    from vlaforge import keys
-    from vlaforge.actors.reward import RewardScorer, reward_metrics
-
-    model_dir = reward_model_dir(ctx, recipe)
-    if model_dir is None:
-        raise VlaforgeError("reward_model.enabled: no reward model to use: set reward_model.model_dir or put a "
-                            "reward_model stage before this one")
-    scorer = RewardScorer(model_dir, cfg=cfg)
-    log.info("RL reward: %s (reward model %s)", cfg.mode, model_dir)
-
-    def hook(batch) -> dict[str, float]:
-        with ctx.timers.phase("reward_model"):
-            scorer.annotate(batch)  # ("next", rm_reward), ("next", env_reward); ("next", reward) per mode
-        nxt = batch.get(keys.NEXT)
-        m = reward_metrics(nxt.get(keys.RM_REWARD), nxt.get(keys.SUCCESS))
-        m["reward/env_mean"] = float(nxt.get(keys.ENV_REWARD).float().mean())
-        return m
-
-    return hook
-
-
 @register_stage("reward_model", needs_policy=True, phases=(("demos",), ("rollout",)), reward_model="makes")
 def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
     """Train the reward model on labeled demonstrations and on the starting policy's own rollouts (its
@@ -343,7 +316,10 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
         from vlaforge.actors.rollout import PolicySource
         from vlaforge.platform.rollout_pool import RolloutPool
 
-        with ctx.timers.phase("rollout"), RolloutPool(recipe.envs, PolicySource.from_dir(init), recipe.rollout,
+        # sync: consecutive samples keep their rows, so episodes cut by the sample window are joined whole
+        # (episodes_from_rollouts) and the held-out split never puts one episode on both sides
+        sync = recipe.rollout.model_copy(update={"mode": "sync"})
+        with ctx.timers.phase("rollout"), RolloutPool(recipe.envs, PolicySource.from_dir(init), sync,
                                                       resolve_tasks(recipe.envs.tasks), seed=recipe.seed + 7,
                                                       timeouts_cfg=recipe.runtime.timeouts) as pool:
             for i in tqdm(range(cfg.rollout_batches), desc=f"{stage.name} rollouts", unit="batch"):

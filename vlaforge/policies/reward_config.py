@@ -2,7 +2,8 @@
 
 Three groups of fields: the model (sizes; the VLA's own vision / language encoders are reused through
 their registries), its training data and optimisation (single process or DeepSpeed ranks), and how its
-output becomes the RL reward (``mode`` env | rm | mix, ``output`` level | delta | binary).
+output becomes the RL reward (``mode`` env | rm | mix, ``output`` level | binary, ``shaping``), and its
+refresh on on-policy episodes during RL (``refresh``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,25 @@ from vlaforge.policies.config import LanguageConfig, PolicyConfig, VisionConfig
 def _small_vision() -> VisionConfig:
     # Half the VLA's default widths: a success classifier at 32-64 px needs far less than a policy.
     return VisionConfig(channels=[16, 32, 64], keypoints=16)
+
+
+class RefreshConfig(StrictModel):
+    """RM refresh during RL: every `every` updates the RM is fine-tuned on the policy's own recent episodes.
+
+    Labels. The only labels a refresh uses are the simulator's per-step success flags of at most
+    `label_episodes` WHOLE on-policy episodes per refresh (and `max_label_episodes` over the stage), plus the
+    demonstrations the RM was first trained on. No simulator REWARD is ever read. This is a labelled budget,
+    stated in the recipe and logged (reward/refresh_labeled_episodes): a recipe with refresh is "learned reward
+    + N success labels", not label-free; refresh.every: 0 is the label-free RM-only setting.
+    """
+
+    every: int = Field(0, ge=0)  # RL updates between refreshes; 0 = never refresh
+    label_episodes: int = Field(8, ge=1)  # whole on-policy episodes labelled per refresh (the newest complete ones)
+    max_label_episodes: int = Field(64, ge=1)  # labelled on-policy episodes over the whole stage (the budget)
+    # Fine-tuning steps per refresh, from the current RM weights, on the demonstrations + every on-policy
+    # episode labelled so far (balanced frames as in the reward_model stage).
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-4, gt=0.0)  # fine-tuning learning rate (constant after a short warm-up)
 
 
 class RewardModelConfig(StrictModel):
@@ -74,15 +94,21 @@ class RewardModelConfig(StrictModel):
     # demonstrations in a reward_model stage: the RM sees the policy's own failures, not only experts.
     rollout_batches: int = Field(4, ge=0)
 
-    # -- reward shaping for RL -----------------------------------------------------------------------
-    # "env": the simulator's reward (the RM, if enabled, is still scored and logged next to it);
-    # "rm": the RM's reward only; "mix": (1 - mix_weight) * env + mix_weight * rm.
+    # -- the RL reward --------------------------------------------------------------------------------
+    # reward of a decision = BASE(mode) + shaping * (gamma^k Phi(s') - Phi(s)), Phi(s) = p(success | s),
+    # k = the env steps the decision covered, gamma = the RL objective's own (train.ppo.gamma / train.grpo.gamma).
+    # BASE by `mode`: "env" = the simulator's reward (the RM, if enabled, is still scored and logged next to
+    # it); "rm" = the RM term only (no simulator reward reaches the learner); "mix" = (1 - mix_weight) * env +
+    # mix_weight * RM term. Shaping is only ever ADDED to a base: alone it telescopes to
+    # gamma^T Phi(s_T) - Phi(s_0) per episode (Ng et al. 1999), and the RM's frame-to-frame noise becomes the
+    # whole signal (measured: the old delta-only reward collapsed true success from 55% to 8%).
     mode: Literal["env", "rm", "mix"] = "env"
     mix_weight: float = Field(0.5, ge=0.0, le=1.0)
-    # RM output -> reward of a decision (obs -> next obs): "level" = p(success | next obs);
-    # "delta" = p(next) - p(obs) (potential-based shaping, Ng et al. 1999); "binary" = p(next) >= threshold.
-    output: Literal["level", "delta", "binary"] = "level"
+    # The RM term of a decision: "level" = p(success | next obs); "binary" = 1 if p(success | next obs) >= threshold.
+    output: Literal["level", "binary"] = "level"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    shaping: float = Field(0.0, ge=0.0)  # weight of the potential-based shaping term above; 0 = none
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig)  # RM refresh during RL (class doc)
 
     @model_validator(mode="after")
     def _check(self):
@@ -90,6 +116,12 @@ class RewardModelConfig(StrictModel):
             raise ValueError(f"reward_model.dim ({self.dim}) must be divisible by reward_model.heads ({self.heads})")
         if self.mode != "env" and not self.enabled:
             raise ValueError(f"reward_model.mode {self.mode!r} uses the reward model: set reward_model.enabled: true")
+        if self.shaping > 0 and not self.enabled:
+            raise ValueError(f"reward_model.shaping {self.shaping} uses the reward model: set reward_model.enabled: true")
+        if self.refresh.every and not self.enabled:
+            raise ValueError("reward_model.refresh.every > 0 retrains the reward model during RL: set reward_model.enabled: true")
+        if self.refresh.every and self.kind != "success":
+            raise ValueError(f"reward_model.refresh works on success labels: reward_model.kind must be 'success', got {self.kind!r}")
         return self
 
     def encoder_config(self) -> PolicyConfig:
