@@ -41,7 +41,7 @@ class FramePairDataset:
             raise ValueError(f"frame pair gap must be >= 1, got {gap}")
         self.reader = DatasetReader(root)
         self.root, self.gap = self.reader.root, int(gap)
-        self.camera_keys = self._camera_keys(cameras)
+        self.camera_keys = self.reader.resolve_cameras(cameras)
         if not self.camera_keys:
             raise ValueError(f"{self.root}: no camera feature (video or image): latent actions are learned from frames")
         data = self.reader.load(episodes, cameras=self.camera_keys, skip_bad=skip_bad_episodes)
@@ -68,18 +68,6 @@ class FramePairDataset:
         self.episodes = sorted({int(e) for e in ep})
         self.codes: torch.Tensor | None = None  # (N, num_codes) after set_codes
         self._state_rows = state
-
-    def _camera_keys(self, cameras: Sequence[str] | None) -> list[str]:
-        available = self.reader.camera_keys
-        if cameras is None:
-            return list(available)
-        out = []
-        for c in cameras:
-            key = c if c in available else F.IMAGE_PREFIX + c
-            if key not in available:
-                raise KeyError(f"{self.root}: camera {c!r} not in the dataset (cameras: {available})")
-            out.append(key)
-        return out
 
     def __len__(self) -> int:
         return len(self.rows)
