@@ -133,3 +133,18 @@ def test_resume_skips_finished_latent_stages_and_continues_bc(latent_run):
     assert "stage lam already finished" in log and "stage lp already finished" in log
     assert "resumed bc from" in log and summary["policy_dir"].endswith("bc/checkpoints/step-6/policy")
     assert sorted(p.name for p in (run_dir / "lam" / "checkpoints").iterdir()) == lam_ckpts
+
+
+@pytest.mark.slow
+def test_laom_adds_an_action_term_from_the_labelled_data(latent_run, tmp_path):
+    """LAOM on: the lam stage also trains an action decoder on the labelled set's pairs (the video keeps its
+    all-NaN actions: a NaN would show in every loss)."""
+    _, video, labelled, _ = latent_run
+    over = overrides(video, labelled) + ["latent.model.action_loss_coef=1.0", "latent.action_batch=4",
+                                         "train.steps=2", "stages=[{name: lam, kind: lam}]"]
+    summary = train(load_recipe(ROOT / "configs" / "quickstart.yaml", over), run_dir=tmp_path / "run")
+    assert summary["policy_dir"] is None  # a lam-only recipe hands on no policy
+    (r,) = [r for r in rows(tmp_path / "run") if "train/loss_action" in r]
+    assert math.isfinite(r["train/loss_action"]) and math.isfinite(r["train/loss_recon"]) and r["train/action_mse"] > 0
+    lam = json.loads((tmp_path / "run" / "lam" / "checkpoints" / "step-2" / "policy" / "config.json").read_text())
+    assert lam["action_dim"] == 2 and "LAOM" in (tmp_path / "run" / "run.log").read_text()

@@ -89,11 +89,13 @@ def run_lam(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pa
     t = _rl_train_config(recipe, stage)
     data = video_dataset(ctx, recipe)
     train_eps, val_eps = split_episodes(DatasetReader(data).episode_indices, recipe.latent.val_fraction, seed=recipe.seed)
+    laom = recipe.latent.model.action_loss_coef > 0  # a few labelled pairs beside the video (LAOM)
+    labelled = str(dataset_for(ctx, recipe)) if laom else None
     learners = learner_group(ctx, LatentActionLearner, recipe, stage, t)
     health: dict = {}
     try:
         with ctx.timers.phase("learner_setup"):
-            info = learners.call("setup", t, recipe.latent, str(data), episodes=train_eps,
+            info = learners.call("setup", t, recipe.latent, str(data), episodes=train_eps, labelled_path=labelled,
                                  skip_bad_episodes=recipe.data.skip_bad_episodes,
                                  collective_timeout_s=recipe.runtime.timeouts.collective_s,
                                  timeout=recipe.runtime.timeouts.learner_setup_s)[0]
@@ -103,6 +105,9 @@ def run_lam(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pa
                  "pairs of %d episodes (%d held out) of %s", stage.name, m.quantizer, m.num_codes, m.codebook_size,
                  recipe.latent.gap, info["world_size"], info["num_params"] / 1e6, info["num_samples"],
                  info["num_episodes"], len(val_eps), data)
+        if laom:
+            log.info("%s: LAOM: + %d labelled pairs of %s per rank and step, action loss weight %g (%d labelled pairs)",
+                     stage.name, recipe.latent.action_batch, labelled, m.action_loss_coef, info["labelled_pairs"])
 
         def on_log(step: int) -> dict[str, float]:
             health.update(learners.call("codebook_health")[0])
