@@ -95,6 +95,9 @@ class LatentActionLearner(LearnerActor):
         """Collective. Trains the LAM on the frame pairs (gap latent.gap) of ``episodes`` of ``dataset_path``;
         with LAOM (latent.model.action_loss_coef > 0) also on the labelled pairs of ``labelled_path``."""
         deepspeed = _start(self, train, collective_timeout_s)
+        if self.train_cfg.deepspeed.zero_stage == 3:  # the codebook resets write whole rows on every rank
+            raise ValueError("the lam stage supports train.deepspeed.zero_stage 0-2 (a latent action model of this "
+                             "size needs no parameter partitioning); set zero_stage: 1")
         self.latent_cfg = lc = _model(latent, LatentConfig)
         dataset = FramePairDataset(dataset_path, lc.gap, episodes, skip_bad_episodes=skip_bad_episodes)
         labelled = None
