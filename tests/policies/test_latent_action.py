@@ -47,8 +47,8 @@ def test_model_shapes_and_code_range(q, one_torch_thread):
 
 def test_vq_ema_passes_the_gradient_straight_through():
     q = build_quantizer(_cfg("vq_ema", code_dim=6)).train()
-    z = torch.randn(4, 3, 6, requires_grad=True)
-    w = torch.randn(4, 3, 6)
+    z = torch.randn(4, 4, 6, requires_grad=True)  # (B, N = num_codes, D)
+    w = torch.randn(4, 4, 6)
     before = q.embed.clone()
     out = q(z)
     (out.out * w).sum().backward()
@@ -114,7 +114,8 @@ def test_dead_code_reset_revives_unused_codes(q):
     quant.eval()
     assert len(quant(z).codes.unique()) >= 3  # revived: several codes share the batch
     counts = quant.pop_interval()
-    assert counts.sum() == 64 and counts[0] == 64 and quant.pop_interval().sum() == 0  # training counts only
+    assert counts.shape == (4, 8) and counts.sum() == 64 and counts[:, 0].sum() == 64  # per position, training only
+    assert quant.pop_interval().sum() == 0
 
 
 def test_fsq_never_resets():

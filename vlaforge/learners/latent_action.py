@@ -5,7 +5,8 @@ TensorDict of loss_* terms and detached diagnostics out.
     loss_quant  the quantizer's own term (vq_ema: commitment; nsvq / fsq: 0)
     copy_mse    MSE of the "nothing moves" prediction o_t: the forward model must beat it, by the codes
     recon_gain  copy_mse / recon mse (> 1: the codes carry the change)
-    perplexity  exp(entropy) of this batch's code usage (1 = one code, C = uniform)
+    perplexity  exp(entropy) of this batch's code usage per position, mean over the N positions (1 = every pair
+                gets the same code there, C = uniform)
     loss_action LAOM only (latent.model.action_loss_coef > 0): coef x MSE(action decoder, LAM_ACTIONS) on the
                 labelled rows (LAM_HAS_ACTIONS); the video rows' reconstruction terms are unchanged
 """
@@ -22,11 +23,15 @@ from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.registry import register_objective
 
 
+def counts_perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of histograms ``counts`` (..., C) -> (...): 1 = one code, C = uniform."""
+    p = counts.float() / counts.float().sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum(-1))
+
+
 def perplexity(codes: torch.Tensor, size: int) -> torch.Tensor:
-    """exp(entropy) of the code histogram of ``codes`` (any shape, values in [0, size))."""
-    p = torch.bincount(codes.reshape(-1), minlength=size).float()
-    p = p / p.sum().clamp_min(1.0)
-    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    """Mean over code positions of the perplexity of each position's codes; ``codes`` (B, N) in [0, size)."""
+    return counts_perplexity(torch.nn.functional.one_hot(codes.reshape(len(codes), -1), size).sum(0)).mean()
 
 
 class LatentActionLoss(nn.Module):

@@ -28,6 +28,7 @@ from vlaforge.data.stats import numeric_stats
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor, _load_init, _model, init_distributed
 from vlaforge.learners.engine import ds_config, lr_scheduler, micro_batch, seed_everything
+from vlaforge.learners.latent_action import counts_perplexity
 from vlaforge.learners.registry import build_objective
 from vlaforge.learners.stream import ShardStream
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
@@ -129,13 +130,15 @@ class LatentActionLearner(LearnerActor):
         return torch.cat([video, labelled])  # (B_video + B_labelled,): one LAM forward, one backward
 
     def codebook_health(self) -> dict[str, Any]:
-        """Code usage since the previous call (all ranks' counts), its perplexity, dead codes, resets so far."""
+        """Code usage since the previous call (all ranks' counts): perplexity per code position (mean, and of the
+        pooled usage), the pooled usage histogram, dead codes (unused at every position), resets so far."""
         q = self.engine.module.quantizer
-        counts = q.pop_interval().cpu()
-        total = float(counts.sum())
-        p = counts / max(total, 1.0)
-        ppl = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-        return {"usage": p.tolist(), "count": total, "perplexity": ppl, "dead": int((counts == 0).sum()),
+        per_pos = q.pop_interval().cpu()  # (N, C)
+        pooled = per_pos.sum(0)
+        return {"usage": (pooled / pooled.sum().clamp_min(1.0)).tolist(), "count": float(pooled.sum()),
+                "perplexity": float(counts_perplexity(per_pos).mean()),
+                "perplexity_per_position": counts_perplexity(per_pos).tolist(),
+                "perplexity_pooled": float(counts_perplexity(pooled)), "dead": int((pooled == 0).sum()),
                 "dead_ema": int(q.dead().sum()), "resets": int(q.resets), "codebook_size": q.size}
 
     def _meta(self) -> dict[str, Any]:
