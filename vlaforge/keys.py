@@ -60,6 +60,18 @@ ENV_REWARD = "env_reward"  # float32 (B, 1) under "next": the simulator's reward
 RM_LEVEL = "rm_level"  # float32 (B, 1) under "next": p(success | next observation), the RM's level
 RM_SHAPING = "rm_shaping"  # float32 (B, 1) under "next": gamma^k Phi(s') - Phi(s), Phi = the RM's level
 
+# -- latent actions (vlaforge/policies/latent_action/, heads/latent.py) -------------------------------------
+NEXT_IMAGE = (NEXT, OBS, "image")  # uint8 (B, V, H, W, 3): o_{t+k} of a frame pair (data/frame_pairs.py)
+LAM_FRAMES = "lam_frames"  # float32 (B, 3V, S, S) in [0, 1]: o_t as the latent action model sees it
+LAM_NEXT_FRAMES = "lam_next_frames"  # float32 (B, 3V, S, S): o_{t+k}, the forward model's target
+LAM_PRED = "lam_pred"  # float32 (B, 3V, S, S): the forward model's prediction of o_{t+k}
+LAM_AUX_LOSS = "lam_aux_loss"  # float32 (B,), one value repeated: the quantizer's loss (vq_ema commitment, else 0)
+LATENT_CODES = "latent_codes"  # int64 (B, N): the latent action of a transition, N codes in [0, C)
+LATENT_LOGITS = "latent_logits"  # float32 (B, N, C): the latent head's prediction of LATENT_CODES
+LAM_ACTIONS = "lam_actions"  # float32 (B, A): mean of the min-max normalised actions t .. t+k-1 (LAOM pairs only)
+LAM_HAS_ACTIONS = "lam_has_actions"  # bool (B,): the pair is labelled (LAM_ACTIONS holds its actions)
+LAM_ACTION_PRED = "lam_action_pred"  # float32 (B, A): the LAM's action decoder on the codes (LAOM)
+
 # -- episode bookkeeping -------------------------------------------------------------------------------
 EPISODE_INDEX = "episode_index"  # int64
 FRAME_INDEX = "frame_index"  # int64

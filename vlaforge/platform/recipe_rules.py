@@ -354,3 +354,6 @@ def check_rules(views: list[View], recipe: Recipe) -> tuple[list[str], list[str]
         label = f" [stage{'s' if len(stages) > 1 else ''} {', '.join(dict.fromkeys(stages))}]"
         lines.append(msg + (label if len(views) > 1 else ""))
     return lines, ctx.notes
+
+
+from vlaforge.platform import recipe_rules_latent  # noqa: E402,F401 -- registers the latent-action stage rules
