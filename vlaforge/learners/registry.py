@@ -20,7 +20,7 @@ ObjectiveFactory = Callable[[TrainConfig, nn.Module], nn.Module]
 
 # The modules whose import registers the objectives: a new objective is one new file plus one line here.
 OBJECTIVE_MODULES = ("vlaforge.learners.bc", "vlaforge.learners.grpo", "vlaforge.learners.ppo",
-                     "vlaforge.learners.reward_model")
+                     "vlaforge.learners.reward_model", "vlaforge.learners.visual_ssl")
 
 
 class _Objectives(dict):

@@ -130,8 +130,11 @@ def dataset_for(ctx: StageContext, recipe: Recipe) -> Path:
 
 
 @register_stage("bc", objectives=("bc",), phases=(("demos",), ("learners",)))
-def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
-    """Behaviour cloning on N DeepSpeed ranks with periodic atomic checkpoints; resumable."""
+def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None,
+           actor_cls: type | None = None, setup_extra: dict | None = None) -> Path:
+    """Behaviour cloning on N DeepSpeed ranks with periodic atomic checkpoints; resumable. Other step-based
+    learner stages (visual_ssl, platform/stages_ssl.py) run this same loop with their ``actor_cls`` (a
+    LearnerActor subclass) and the extra ``setup`` arguments it needs."""
     from tqdm import tqdm
 
     from vlaforge.learners.deepspeed_learner import LearnerActor
@@ -139,11 +142,11 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
 
     t = recipe.train
     dataset = dataset_for(ctx, recipe)
-    learners = learner_group(ctx, LearnerActor, recipe, stage, t)
+    learners = learner_group(ctx, actor_cls or LearnerActor, recipe, stage, t)
     try:
         with ctx.timers.phase("learner_setup"):
             info = learners.call("setup", t, recipe.policy, str(dataset), init_policy=str(init) if init else None,
-                                 skip_bad_episodes=recipe.data.skip_bad_episodes,
+                                 **(setup_extra or {}), skip_bad_episodes=recipe.data.skip_bad_episodes,
                                  collective_timeout_s=recipe.runtime.timeouts.collective_s,
                                  timeout=recipe.runtime.timeouts.learner_setup_s)[0]
         if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
@@ -161,7 +164,7 @@ def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pat
             log.info("resumed %s from %s at step %d", stage.name, latest, step)
         base = ctx.step  # metric steps of this stage follow the previous stages'
         watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
-        bar = tqdm(total=t.steps, initial=step, desc=f"{stage.name} (BC)", unit="step")
+        bar = tqdm(total=t.steps, initial=step, desc=f"{stage.name} ({t.objective})", unit="step")
         while step < t.steps:
             ctx.stage_step = step
             n = min(t.log_every, t.steps - step)
@@ -358,3 +361,6 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
         raise VlaforgeError(f"stage '{stage.name}' (reward_model) needs a policy to pass on: put a bc stage first")
     return init
 
+
+# Stage kinds registered in their own modules (imported last: they build on the helpers above).
+from vlaforge.platform import stages_ssl  # noqa: E402,F401  (visual_ssl)
