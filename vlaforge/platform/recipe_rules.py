@@ -121,6 +121,18 @@ def group_relative_objectives(v: View, ctx: Context):
                f"of envs.max_episode_steps = {m} short; use steps_per_sample >= {math.ceil(m / k)}")
 
 
+@rule
+def unlabeled_video_is_set(v: View, ctx: Context):
+    """Stages that learn from unlabeled video (visual_ssl, latent-action stages: StageKind.video)."""
+    if v.kind.video and v.recipe.data.video is None:
+        yield (("data", "video"), None,
+               f"a stage of kind {v.stage.kind!r} trains on unlabeled video: set data.video (source: rollouts, "
+               f"lerobot or mp4; vlaforge/data/config.py VideoConfig)")
+    if v.kind.own_vision and v.recipe.policy.backbone.type != "vlaforge":
+        yield (("policy", "backbone", "type"), v.recipe.policy.backbone.type,
+               f"a stage of kind {v.stage.kind!r} trains the policy's own vision encoder: use backbone 'vlaforge'")
+
+
 # -- chunks, episodes, rollouts ---------------------------------------------------------------------------
 @rule
 def chunk_fits_episode(v: View, ctx: Context):

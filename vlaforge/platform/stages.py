@@ -70,6 +70,8 @@ class StageKind:
     phases: tuple[tuple[str, ...], ...] = ()
     reward_model: str | None = None  # "uses": RL reward from reward_model.* when enabled; "makes": trains one
     grouped: bool = False  # its objectives compare G rollouts per initial state (rollout.group_size, train.grpo)
+    video: bool = False  # it trains on the recipe's unlabeled video (data.video must be set)
+    own_vision: bool = False  # it trains the policy's own vision encoder (policy.backbone.type "vlaforge")
 
 
 STAGE_KINDS: dict[str, StageKind] = {}

@@ -28,10 +28,11 @@ def video_for(ctx: StageContext, recipe: Recipe, stage: StageConfig) -> Path:
                             "(source: rollouts | lerobot | mp4) in the recipe")
     key = ("video", recipe.envs.model_dump_json(), recipe.data.video.model_dump_json())
     if key not in ctx.cache:
-        from vlaforge.data.unlabeled import describe, unlabeled_dataset
+        from vlaforge.data.unlabeled import describe
+        from vlaforge.platform.driver import make_video
 
         with ctx.timers.phase("video"):
-            ctx.cache[key] = unlabeled_dataset(recipe.data.video, recipe.envs, timeout_s=recipe.runtime.timeouts.demo_job_s)
+            ctx.cache[key] = make_video(recipe)
         d = describe(ctx.cache[key])
         log.info("unlabeled video: %s (%d episodes, %d frames, %s)", ctx.cache[key], d["episodes"], d["frames"],
                  "its action column ignored" if d["action_column"] else "no action column")
@@ -39,7 +40,7 @@ def video_for(ctx: StageContext, recipe: Recipe, stage: StageConfig) -> Path:
     return ctx.cache[key]
 
 
-@register_stage("visual_ssl", objectives=("visual_ssl",), phases=(("demos",), ("learners",)))
+@register_stage("visual_ssl", objectives=("visual_ssl",), phases=(("demos",), ("learners",)), video=True, own_vision=True)
 def run_visual_ssl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
     from vlaforge.learners.visual_ssl import VisualSSLLearner
 
