@@ -58,6 +58,15 @@ RM_TARGET = "rm_target"  # float32 (B,): label in [0, 1]; 1 = the frame shows su
 RM_REWARD = "rm_reward"  # float32 (B, 1) under "next": the reward model's reward for that decision
 ENV_REWARD = "env_reward"  # float32 (B, 1) under "next": the simulator's reward, kept when the RM replaces it
 
+# -- latent actions (vlaforge/policies/latent_action/, heads/latent.py) -------------------------------------
+NEXT_IMAGE = (NEXT, OBS, "image")  # uint8 (B, V, H, W, 3): o_{t+k} of a frame pair (data/frame_pairs.py)
+LAM_FRAMES = "lam_frames"  # float32 (B, 3V, S, S) in [0, 1]: o_t as the latent action model sees it
+LAM_NEXT_FRAMES = "lam_next_frames"  # float32 (B, 3V, S, S): o_{t+k}, the forward model's target
+LAM_PRED = "lam_pred"  # float32 (B, 3V, S, S): the forward model's prediction of o_{t+k}
+LAM_AUX_LOSS = "lam_aux_loss"  # float32 (B,), one value repeated: the quantizer's loss (vq_ema commitment, else 0)
+LATENT_CODES = "latent_codes"  # int64 (B, N): the latent action of a transition, N codes in [0, C)
+LATENT_LOGITS = "latent_logits"  # float32 (B, N, C): the latent head's prediction of LATENT_CODES
+
 # -- episode bookkeeping -------------------------------------------------------------------------------
 EPISODE_INDEX = "episode_index"  # int64
 FRAME_INDEX = "frame_index"  # int64
@@ -74,8 +83,6 @@ REF_LOG_PROB = "ref_log_prob"  # float32 (...,): the frozen reference's log-prob
 GROUP_ID = "group_id"  # int64 (B, T), constant along T: rows started from the same initial state share it (GRPO/RLOO)
 
 # -- self-supervised frame pairs (issue 7: the visual_ssl objective, learners/visual_ssl.py) -------------
-IMAGE_PAIR = "image_pair"  # uint8 (B, V, H, W, 3): another frame of IMAGE's episode (the positive view)
-PIXELS_PAIR = "pixels_pair"  # float32 (B, V, 3, H, W) in [0, 1]: IMAGE_PAIR prepared like PIXELS
-FRAME_OFFSET = "frame_offset"  # int64 (B,): IMAGE_PAIR's frame index minus IMAGE's
+PIXELS_PAIR = "pixels_pair"  # float32 (B, V, 3, H, W) in [0, 1]: NEXT_IMAGE (o_t+gap) prepared like PIXELS
 EMBEDDING = "embedding"  # float32 (B, D): L2-normalised projection of IMAGE's vision tokens
 EMBEDDING_PAIR = "embedding_pair"  # float32 (B, D): the same of IMAGE_PAIR

@@ -65,7 +65,7 @@ class VisualSSLConfig(StrictModel):
     """Objective "visual_ssl" (stage kind visual_ssl, learners/visual_ssl.py): time-contrastive InfoNCE that
     trains the policy's vision encoder on unlabeled video; the next stage starts from that encoder."""
 
-    max_offset: int = Field(4, ge=1)  # positive = a frame at most this many steps away in the same episode
+    gap: int = Field(4, ge=1)  # the positive of frame t is frame t + gap of the same episode (data/frame_pairs.py)
     temperature: float = Field(0.1, gt=0.0)  # InfoNCE softmax temperature on cosine similarities
     proj_dim: int = Field(64, ge=8)  # projection head output (thrown away after the stage)
     shift_pad: int = Field(4, ge=0)  # random-shift augmentation of both views (pixels); 0: none

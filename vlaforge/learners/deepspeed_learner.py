@@ -114,7 +114,7 @@ class LearnerActor:
         model = build_policy(self.policy_cfg, spec)
         self.processor = VLAProcessor.from_stats(self.policy_cfg, self.dataset.stats)
         if init_policy is not None:
-            self.processor = _load_init(model, init_policy, self.policy_cfg, spec)
+            self.processor = _load_init(model, init_policy, self.policy_cfg, spec) or self.processor
         self.objective = build_objective(self.train_cfg.objective, self.train_cfg, model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -305,11 +305,17 @@ class LearnerActor:
                         extra={"global_step": self.global_step, "objective": self.train_cfg.objective})
 
 
-def _load_init(model: torch.nn.Module, directory: str, cfg: PolicyConfig, spec: PolicySpec) -> VLAProcessor:
-    """Copy an exported policy's weights into ``model``; the processor (normalisation) comes with them."""
+def _load_init(model: torch.nn.Module, directory: str, cfg: PolicyConfig, spec: PolicySpec) -> VLAProcessor | None:
+    """Copy an exported policy's weights into ``model``; the processor (normalisation) comes with them. A latent-
+    pretrained policy gives its backbone only (None: the caller keeps the processor of its own data)."""
     from vlaforge.policies.io import load_pretrained
 
     src, processor, src_cfg, src_spec, _ = load_pretrained(directory)
+    if src_cfg.head.type != cfg.head.type and "latent" in (src_cfg.head.type, cfg.head.type):  # latent <-> actions
+        from vlaforge.policies.latent_action.transfer import keep_backbone
+
+        keep_backbone(model, src, src_cfg, src_spec, cfg, spec, directory)  # new head; normaliser of this data
+        return None
     if src_cfg != cfg or src_spec != spec:
         raise ValueError(
             f"init policy {directory} was built with a different policy config or spec "

@@ -7,7 +7,7 @@ thrown away afterwards, and at 64 px on CPU costs one encoder pass per view. Its
 of the same episode look alike, everything else is told apart -- is what a manipulation policy needs from
 pixels: arm and object positions, not textures. MAE stays possible as a second objective in its own file.
 
-    IMAGE, IMAGE_PAIR (B, V, H, W, 3) --FramePairProcessor--> PIXELS, PIXELS_PAIR (B, V, 3, H, W) (+ random shift)
+    IMAGE, NEXT_IMAGE (B, V, H, W, 3) --FramePairProcessor--> PIXELS, PIXELS_PAIR (B, V, 3, H, W) (+ random shift)
     --VisionSSLModel: policy.backbone.vision -> tokens (2B, V*T, dim) -> mean -> MLP -> L2 norm--> EMBEDDING(_PAIR) (B, D)
     --TimeContrastiveLoss: symmetric InfoNCE, positives on the diagonal, the other B-1 pairs negatives--> loss_tcn
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 
 from vlaforge import keys
+from vlaforge.errors import VlaforgeError
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor, _load_init, _model, init_distributed
 from vlaforge.learners.engine import ds_config, lr_scheduler, micro_batch, seed_everything
@@ -52,7 +53,7 @@ class FramePairProcessor:
 
     def __call__(self, td: TensorDictBase, train: bool = True, device: Any = "cpu") -> TensorDict:
         return TensorDict({keys.PIXELS: self._pixels(td.get(keys.IMAGE), train, device),
-                           keys.PIXELS_PAIR: self._pixels(td.get(keys.IMAGE_PAIR), train, device)},
+                           keys.PIXELS_PAIR: self._pixels(td.get(keys.NEXT_IMAGE), train, device)},
                           batch_size=td.batch_size, device=device)
 
 
@@ -136,7 +137,7 @@ class VisualSSLLearner(LearnerActor):
         import deepspeed
 
         from vlaforge.data.dataset import ChunkDataset
-        from vlaforge.data.frames import FramePairs
+        from vlaforge.data.frame_pairs import FramePairDataset
         from vlaforge.data.reader import DatasetReader
 
         init_distributed(self.train_cfg, collective_timeout_s)
@@ -146,9 +147,18 @@ class VisualSSLLearner(LearnerActor):
                              episodes=DatasetReader(dataset_path).episode_indices[:1])
         self.spec = PolicySpec(image_shape=tuple(first.images.shape[1:]), state_dim=first.state.shape[1],
                                action_dim=first.actions.shape[1])
+        video_cams = DatasetReader(video_path).camera_keys
+        if not set(first.camera_keys) <= set(video_cams):
+            raise VlaforgeError(f"{video_path}: the unlabeled video has cameras {video_cams}, the policy needs "
+                                f"{first.camera_keys} (the labelled data's): record the same camera "
+                                "(data.video.camera for an mp4 folder)")
         cfg = self.train_cfg.visual_ssl
-        self.dataset = FramePairs(video_path, first.camera_keys, self.spec.image_shape[1:3], cfg.max_offset,
-                                  skip_bad_episodes=skip_bad_episodes)
+        self.dataset = FramePairDataset(video_path, gap=cfg.gap, cameras=first.camera_keys,
+                                        skip_bad_episodes=skip_bad_episodes)
+        if tuple(self.dataset.images.shape[1:]) != self.spec.image_shape:
+            raise VlaforgeError(f"{video_path}: video frames are {tuple(self.dataset.images.shape[2:4])}, the policy's "
+                                f"images {self.spec.image_shape[1:3]}: set data.video.image_size (mp4) or record "
+                                "at envs.image_size")
 
         seed_everything(self.train_cfg.seed)  # identical initial weights on every rank
         policy_model = build_policy(self.policy_cfg, self.spec)
@@ -169,7 +179,7 @@ class VisualSSLLearner(LearnerActor):
                 "num_params": sum(p.numel() for p in model.vision.parameters()),
                 "num_samples": len(self.dataset), "batches_per_epoch": self.stream.batches_per_epoch,
                 "spec": self.spec.to_dict(), "bad_episodes": {str(e): w for e, w in self.dataset.bad_episodes.items()},
-                "video_episodes": self.dataset.num_episodes}
+                "video_episodes": len(self.dataset.episodes)}
 
     def _write_policy(self, module: torch.nn.Module, directory) -> None:
         # The VLA alone (projection dropped), with the labelled data's processor: a normal policy export.

@@ -12,6 +12,7 @@ from vlaforge.data.config import DataConfig, DemoConfig
 from vlaforge.envs.config import EnvConfig
 from vlaforge.learners.config import TrainConfig
 from vlaforge.policies.config import PolicyConfig
+from vlaforge.policies.latent_action.config import LatentConfig
 from vlaforge.policies.reward_config import RewardModelConfig
 from vlaforge.runtime.config import ChaosConfig, RuntimeConfig
 
@@ -65,6 +66,7 @@ class Recipe(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    latent: LatentConfig = Field(default_factory=LatentConfig)  # latent action model + pretraining (lam stages)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # timeouts, stage restarts, NaN/Inf handling
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)  # fault injection during a real run (off by default)

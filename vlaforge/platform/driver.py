@@ -125,7 +125,7 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
     from vlaforge.platform.chaos import Chaos
     from vlaforge.platform.metrics import MetricsLogger
     from vlaforge.platform.recovery import run_with_restarts
-    from vlaforge.platform.stages import STAGES, StageContext, stage_fingerprint
+    from vlaforge.platform.stages import STAGE_KINDS, STAGES, StageContext, stage_fingerprint
 
     run_dir = prepare_run_dir(recipe, run_dir, resume)
     _setup_logging(run_dir)
@@ -139,6 +139,7 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
         ctx.chaos = Chaos(recipe.chaos, ctx.faults)
         log.warning("chaos mode: faults will be injected into this run (recipe chaos block)")
     policy_dir: Path | None = None
+    acts = True  # the policy handed on acts in the env (after a latent_pretrain stage it predicts latent codes)
     results: dict[str, dict] = {}
     try:
         for index, stage in enumerate(recipe.stages):
@@ -147,8 +148,10 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             done_file = stage_dir / "stage.json"
             fingerprint = stage_fingerprint(srecipe, stage)
             done = json.loads(done_file.read_text()) if (resume and done_file.exists()) else None
+            result = STAGE_KINDS[stage.kind].result
             if done is not None and done.get("fingerprint") == fingerprint:  # finished, same config: keep it
-                policy_dir, ctx.step = Path(done["policy_dir"]), done["end_step"]
+                policy_dir, ctx.step = Path(done["policy_dir"]) if done["policy_dir"] else None, done["end_step"]
+                acts = {"policy": True, "latent": False}.get(result, acts)
                 results[stage.name] = done
                 log.info("stage %s already finished (%s)", stage.name, policy_dir)
                 continue
@@ -156,25 +159,27 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             stage_dir.mkdir(parents=True, exist_ok=True)
             record = {"stage": stage.name, "kind": stage.kind, "init": str(init) if init else None,
                       "fingerprint": fingerprint}
-            if init is not None and stage.eval_start and srecipe.eval.enabled:
+            if init is not None and acts and stage.eval_start and srecipe.eval.enabled:
                 with timers.phase("eval"):
                     record["eval_start"] = _evaluate(init, srecipe, stage_dir / "eval-start", metrics, ctx.step,
                                                      prefix=f"eval/{stage.name}_start", faults=(ctx.faults, stage.name))
             log.info("stage %s (%s) starts%s", stage.name, stage.kind, f" from {init}" if init else " from scratch")
             policy_dir = run_with_restarts(ctx, stage, STAGES[stage.kind], srecipe, stage_dir, init)
-            _write_run_card(policy_dir, srecipe)
-            if stage.eval_end and srecipe.eval.enabled:
+            acts = {"policy": True, "latent": False}.get(result, acts)  # "same": as the policy it started from
+            if policy_dir is not None and acts:
+                _write_run_card(policy_dir, srecipe)
+            if policy_dir is not None and acts and stage.eval_end and srecipe.eval.enabled:
                 with timers.phase("eval"):
                     record["eval_end"] = _evaluate(policy_dir, srecipe, stage_dir / "eval", metrics, ctx.step,
                                                    prefix=f"eval/{stage.name}", faults=(ctx.faults, stage.name))
-            record.update(policy_dir=str(policy_dir), end_step=ctx.step)
+            record.update(policy_dir=str(policy_dir) if policy_dir else None, end_step=ctx.step)
             results[stage.name] = record
             tmp = stage_dir / "stage.json.tmp"
             tmp.write_text(json.dumps({k: v for k, v in record.items() if not k.startswith("eval")} |
                                       {k: _eval_brief(v) for k, v in record.items() if k.startswith("eval")}, indent=2))
             tmp.replace(done_file)
         metrics.log(dict(timers.totals), step=ctx.step)
-        return _summary(run_dir, policy_dir, results, timers, ctx.faults)
+        return _summary(run_dir, policy_dir, results, timers, ctx.faults, ctx.warnings)
     finally:
         if ctx.chaos is not None:
             ctx.chaos.close()
@@ -217,8 +222,10 @@ def _evaluate(policy_dir: Path, recipe: Recipe, out_dir: Path, metrics, step: in
     return result
 
 
-def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: Timers, faults=None) -> dict:
-    lines = ["", "=" * 72, f"run:         {run_dir.resolve()}", f"checkpoint:  {policy_dir.resolve()}"]
+def _summary(run_dir: Path, policy_dir: Path | None, results: dict[str, dict], timers: Timers, faults=None,
+             warnings: list[str] = ()) -> dict:
+    lines = ["", "=" * 72, f"run:         {run_dir.resolve()}",
+             f"checkpoint:  {policy_dir.resolve() if policy_dir else '(none: no stage produced a policy)'}"]
     for name, rec in results.items():
         for key, label in (("eval_start", "start"), ("eval_end", "end")):
             res = rec.get(key)
@@ -233,9 +240,10 @@ def _summary(run_dir: Path, policy_dir: Path, results: dict[str, dict], timers: 
         lines.extend(faults.lines())
     elif faults is not None:
         lines.append("faults:      none")
+    lines.extend(f"WARNING:     {w}" for w in warnings)
     lines.append("=" * 72)
     print("\n".join(lines))
-    out = {"run_dir": str(run_dir), "policy_dir": str(policy_dir),
+    out = {"run_dir": str(run_dir), "policy_dir": str(policy_dir) if policy_dir else None, "warnings": list(warnings),
            "stages": {n: {k: (_eval_brief(v) if k.startswith("eval") else v) for k, v in r.items()}
                       for n, r in results.items()},
            **timers.totals, "faults": faults.to_dict() if faults is not None else {"injected": [], "handled": []}}

@@ -114,6 +114,20 @@ class MetricsLogger:
             frames, _ = decode_video(path)
             self._tb._get_file_writer().add_summary(gif_summary(key, frames, fps), int(step))
 
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        """A PNG written to the run directory (inspection images) to TensorBoard and wandb under ``key``."""
+        if key.split("/", 1)[0] not in NAMESPACES or "/" not in key:
+            raise ValueError(f"image key {key!r} must start with one of {NAMESPACES} and a '/'")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=int(step))
+        if self._tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            self._tb.add_image(key, np.asarray(Image.open(path).convert("RGB")), int(step), dataformats="HWC")
+
     def summary(self, values: dict[str, Any]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update(values)

@@ -79,6 +79,12 @@ def _env_backends() -> Iterable[str]:
     return set(BACKEND_MODULES) | set(getattr(base, "ENV_REGISTRY", ()))
 
 
+def _quantizers() -> Iterable[str]:
+    from vlaforge.policies.latent_action.quantizers import QUANTIZERS
+
+    return QUANTIZERS.names()
+
+
 def _grpo_scores() -> Iterable[str]:
     from vlaforge.learners.grpo import SCORES
 
@@ -153,6 +159,8 @@ NAMED_FIELDS: dict[Path_, Named] = {
     ("envs", "backend"): Named("env backend", _env_backends),
     ("rollout", "broadcast"): Named("weight broadcast", _broadcasters, "runtime", ("BROADCASTERS",)),
     ("train", "grpo", "score"): Named("GRPO trajectory score", _grpo_scores, "learners", ("SCORES",)),
+    ("latent", "model", "quantizer"): Named("latent quantizer", _quantizers, "policies",
+                                            ("register_quantizer", "QUANTIZERS.register")),
 }
 STAGE_KIND = Named("stage kind", _stage_kinds)  # platform/stages.py is cheap to import: no fast path
 

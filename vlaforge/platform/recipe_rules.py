@@ -122,12 +122,8 @@ def group_relative_objectives(v: View, ctx: Context):
 
 
 @rule
-def unlabeled_video_is_set(v: View, ctx: Context):
-    """Stages that learn from unlabeled video (visual_ssl, latent-action stages: StageKind.video)."""
-    if v.kind.video and v.recipe.data.video is None:
-        yield (("data", "video"), None,
-               f"a stage of kind {v.stage.kind!r} trains on unlabeled video: set data.video (source: rollouts, "
-               f"lerobot or mp4; vlaforge/data/config.py VideoConfig)")
+def trains_own_vision(v: View, ctx: Context):
+    """Stages that train the policy's own vision encoder (visual_ssl: StageKind.own_vision)."""
     if v.kind.own_vision and v.recipe.policy.backbone.type != "vlaforge":
         yield (("policy", "backbone", "type"), v.recipe.policy.backbone.type,
                f"a stage of kind {v.stage.kind!r} trains the policy's own vision encoder: use backbone 'vlaforge'")
@@ -331,3 +327,6 @@ def check_rules(views: list[View], recipe: Recipe) -> tuple[list[str], list[str]
         label = f" [stage{'s' if len(stages) > 1 else ''} {', '.join(dict.fromkeys(stages))}]"
         lines.append(msg + (label if len(views) > 1 else ""))
     return lines, ctx.notes
+
+
+from vlaforge.platform import recipe_rules_latent  # noqa: E402,F401 -- registers the latent-action stage rules

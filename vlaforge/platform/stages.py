@@ -34,6 +34,7 @@ class StageContext:
     stage_step: int | None = None  # progress of the current stage (step / update), for fault reports
     rollbacks: dict = field(default_factory=dict)  # stage -> non-finite rollbacks done
     lr_scale: dict = field(default_factory=dict)  # stage -> LR scale after its rollbacks
+    warnings: list = field(default_factory=list)  # results that ran but are suspect (e.g. a collapsed codebook): summary
 
 
 def learner_group(ctx: StageContext, actor_cls: type, recipe: Recipe, stage: StageConfig, t):
@@ -70,8 +71,11 @@ class StageKind:
     phases: tuple[tuple[str, ...], ...] = ()
     reward_model: str | None = None  # "uses": RL reward from reward_model.* when enabled; "makes": trains one
     grouped: bool = False  # its objectives compare G rollouts per initial state (rollout.group_size, train.grpo)
-    video: bool = False  # it trains on the recipe's unlabeled video (data.video must be set)
     own_vision: bool = False  # it trains the policy's own vision encoder (policy.backbone.type "vlaforge")
+    # What the stage returns: "policy" (one that acts in the env: evaluated), "same" (the policy it started from,
+    # passed on, possibly none: lam), "latent" (a policy that predicts latent actions, not env actions: never
+    # evaluated; a bc stage must follow before anything that acts).
+    result: str = "policy"
 
 
 STAGE_KINDS: dict[str, StageKind] = {}
@@ -132,62 +136,74 @@ def dataset_for(ctx: StageContext, recipe: Recipe) -> Path:
 
 
 @register_stage("bc", objectives=("bc",), phases=(("demos",), ("learners",)))
-def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None,
-           actor_cls: type | None = None, setup_extra: dict | None = None) -> Path:
-    """Behaviour cloning on N DeepSpeed ranks with periodic atomic checkpoints; resumable. Other step-based
-    learner stages (visual_ssl, platform/stages_ssl.py) run this same loop with their ``actor_cls`` (a
-    LearnerActor subclass) and the extra ``setup`` arguments it needs."""
-    from tqdm import tqdm
-
+def run_bc(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
+    """Behaviour cloning on N DeepSpeed ranks with periodic atomic checkpoints; resumable."""
     from vlaforge.learners.deepspeed_learner import LearnerActor
-    from vlaforge.platform.metrics import system_metrics
 
     t = recipe.train
     dataset = dataset_for(ctx, recipe)
-    learners = learner_group(ctx, actor_cls or LearnerActor, recipe, stage, t)
+    learners = learner_group(ctx, LearnerActor, recipe, stage, t)
     try:
         with ctx.timers.phase("learner_setup"):
             info = learners.call("setup", t, recipe.policy, str(dataset), init_policy=str(init) if init else None,
-                                 **(setup_extra or {}), skip_bad_episodes=recipe.data.skip_bad_episodes,
+                                 skip_bad_episodes=recipe.data.skip_bad_episodes,
                                  collective_timeout_s=recipe.runtime.timeouts.collective_s,
                                  timeout=recipe.runtime.timeouts.learner_setup_s)[0]
-        if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
-            if info["bad_episodes"]:
-                log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
-                            dataset, "; ".join(f"{e}: {why}" for e, why in sorted(info["bad_episodes"].items())[:5]))
-            ctx.metrics.log({"data/skipped_episodes": float(len(info["bad_episodes"]))}, step=ctx.step)
-            ctx.metrics.summary({f"data/{stage.name}_skipped_episodes": len(info["bad_episodes"])})
+        report_skipped(ctx, stage, recipe, dataset, info)
         log.info("%s: %d DeepSpeed ranks, %.2fM parameters, %d samples%s", stage.name, info["world_size"],
                  info["num_params"] / 1e6, info["num_samples"], f", from {init}" if init else "")
-        step = 0
-        latest = load_latest(ctx, stage, learners, stage_dir)
-        if latest is not None:
-            step = int(learners.call("get_global_step")[0])
-            log.info("resumed %s from %s at step %d", stage.name, latest, step)
-        base = ctx.step  # metric steps of this stage follow the previous stages'
-        watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
-        bar = tqdm(total=t.steps, initial=step, desc=f"{stage.name} ({t.objective})", unit="step")
-        while step < t.steps:
-            ctx.stage_step = step
-            n = min(t.log_every, t.steps - step)
-            chaos_tick(ctx, stage, step, learners, stage_dir, steps_in_call=n)
-            with ctx.timers.phase("learn"):
-                m = learners.call("train_steps", n, nonfinite_limit=watch.limit)[0]
-            before, step = step, int(m["train/step"])  # skipped (non-finite) steps do not count
-            bar.update(step - before)
-            bar.set_postfix(loss=f"{m.get('train/loss', float('nan')):.4f}")
-            ctx.metrics.log({**m, **system_metrics()}, step=base + step)
-            back = watch.check(m, step)
-            if back is not None:
-                bar.update(back - step)
-                step = back
-                continue
-            save_if_due(ctx, learners, stage_dir, step, t)
-        bar.close()
-        ctx.step = base + step
+        train_loop(ctx, stage, recipe, stage_dir, learners, t, "BC")
         return final_policy(stage, stage_dir)
     finally:
         learners.shutdown()
+
+
+def report_skipped(ctx: StageContext, stage: StageConfig, recipe: Recipe, dataset: Path, info: dict) -> None:
+    """Episodes the learners skipped as unreadable (data.skip_bad_episodes): in run.log, metrics, run summary."""
+    if recipe.data.skip_bad_episodes:  # trained on the rest: counted in the metrics and the run summary
+        if info["bad_episodes"]:
+            log.warning("%s: skipped %d unreadable episode(s) of %s: %s", stage.name, len(info["bad_episodes"]),
+                        dataset, "; ".join(f"{e}: {why}" for e, why in sorted(info["bad_episodes"].items())[:5]))
+        ctx.metrics.log({"data/skipped_episodes": float(len(info["bad_episodes"]))}, step=ctx.step)
+        ctx.metrics.summary({f"data/{stage.name}_skipped_episodes": len(info["bad_episodes"])})
+
+
+def train_loop(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, learners, t, label: str,
+               on_log: Callable[[int], dict] | None = None) -> None:
+    """The step loop of the supervised stages (bc, lam, latent_pretrain): ``train_steps`` calls of t.log_every
+    steps, metrics, non-finite rollbacks, periodic checkpoints; resumes from the stage's latest checkpoint.
+    ``on_log(step)``: extra metrics after each call (e.g. codebook health)."""
+    from tqdm import tqdm
+
+    from vlaforge.platform.metrics import system_metrics
+
+    step = 0
+    latest = load_latest(ctx, stage, learners, stage_dir)
+    if latest is not None:
+        step = int(learners.call("get_global_step")[0])
+        log.info("resumed %s from %s at step %d", stage.name, latest, step)
+    base = ctx.step  # metric steps of this stage follow the previous stages'
+    watch = NonFiniteWatch(ctx, stage, recipe, stage_dir, learners)
+    bar = tqdm(total=t.steps, initial=step, desc=f"{stage.name} ({label})", unit="step")
+    while step < t.steps:
+        ctx.stage_step = step
+        n = min(t.log_every, t.steps - step)
+        chaos_tick(ctx, stage, step, learners, stage_dir, steps_in_call=n)
+        with ctx.timers.phase("learn"):
+            m = learners.call("train_steps", n, nonfinite_limit=watch.limit)[0]
+        before, step = step, int(m["train/step"])  # skipped (non-finite) steps do not count
+        bar.update(step - before)
+        bar.set_postfix(loss=f"{m.get('train/loss', float('nan')):.4f}")
+        extra = on_log(step) if on_log is not None else {}
+        ctx.metrics.log({**m, **extra, **system_metrics()}, step=base + step)
+        back = watch.check(m, step)
+        if back is not None:
+            bar.update(back - step)
+            step = back
+            continue
+        save_if_due(ctx, learners, stage_dir, step, t)
+    bar.close()
+    ctx.step = base + step
 
 
 def _rl_train_config(recipe: Recipe, stage: StageConfig):
@@ -364,5 +380,7 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
     return init
 
 
-# Stage kinds registered in their own modules (imported last: they build on the helpers above).
-from vlaforge.platform import stages_ssl  # noqa: E402,F401  (visual_ssl)
+# Stage kinds registered in their own modules (imported here, after register_stage exists, so that whoever reads
+# STAGES -- the driver, `recipe check` -- sees them).
+from vlaforge.platform import stages_latent  # noqa: E402,F401 -- lam, latent_pretrain
+from vlaforge.platform import stages_ssl  # noqa: E402,F401 -- visual_ssl

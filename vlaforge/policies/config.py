@@ -156,6 +156,14 @@ class FlowHeadConfig(StrictModel):
         return self
 
 
+class LatentHeadConfig(StrictModel):
+    """``head.type: latent``: the latent-pretraining head (heads/latent.py); predicts the latent action model's
+    codes, not env actions. A latent_pretrain stage sets both sizes from its latent action model."""
+
+    num_codes: int = Field(4, ge=1)  # N codes per transition (latent.model.num_codes)
+    codebook_size: int = Field(8, ge=2)  # C values per code (latent.model.codebook_size)
+
+
 class HeadConfig(StrictModel):
     # Action head, by name in HEAD_REGISTRY (vlaforge/policies/heads/): "gaussian" (default baseline),
     # "tokens", "diffusion", "flow". Every head reads the same backbone readout (B, K, dim).
@@ -168,6 +176,7 @@ class HeadConfig(StrictModel):
     tokens: TokensHeadConfig = Field(default_factory=TokensHeadConfig)  # used when type = tokens
     diffusion: DiffusionHeadConfig = Field(default_factory=DiffusionHeadConfig)  # used when type = diffusion
     flow: FlowHeadConfig = Field(default_factory=FlowHeadConfig)  # used when type = flow
+    latent: LatentHeadConfig = Field(default_factory=LatentHeadConfig)  # used when type = latent
 
 
 class PolicyConfig(StrictModel):
