@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "bc": "[{name: bc, kind: bc}]",
     "latent": "[{name: lam, kind: lam}, {name: latent_pretrain, kind: latent_pretrain}, {name: bc, kind: bc}]",
-    "ssl": "[{name: ssl, kind: visual_ssl, eval_end: false}, {name: bc, kind: bc, eval_start: false}]",
+    "ssl": "[{name: ssl, kind: visual_ssl}, {name: bc, kind: bc}]",
     "ceiling": "[{name: bc, kind: bc}]",
 }
 LABELS = {"bc": "(a) BC, N labelled", "latent": "(b) lam + latent_pretrain + BC", "ssl": "(c) visual_ssl + BC",

@@ -56,7 +56,9 @@ def video_for(ctx: StageContext, recipe: Recipe) -> Path:
     return ctx.cache[key]
 
 
-@register_stage("visual_ssl", objectives=("visual_ssl",), phases=(("demos",), ("learners",)), own_vision=True)
+# result "latent": its policy's head is untrained (not evaluated; a bc stage must follow before anything that acts)
+@register_stage("visual_ssl", objectives=("visual_ssl",), phases=(("demos",), ("learners",)), own_vision=True,
+                result="latent")
 def run_visual_ssl(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Path, init: Path | None) -> Path:
     """Train the vision encoder on the unlabeled video (BC's step loop: checkpoints, resume, rollback)."""
     from vlaforge.learners.visual_ssl import VisualSSLLearner
