@@ -9,8 +9,11 @@ set -euo pipefail
 OUT=${1:-docs/latent-runs/pilot}
 mkdir -p "$OUT"
 echo "start $(date -u +%FT%TZ) load: $(uptime)" | tee "$OUT/times.txt"
+python scripts/latent_ablation.py --n 5 --seeds 0 --arms bc latent --bc-steps 500 --pretrain-steps 500 \
+  --eval-episodes 10 --out "$OUT" || echo "ablation exit $?" | tee -a "$OUT/times.txt"
+echo "arms a, b end $(date -u +%FT%TZ) load: $(uptime)" | tee -a "$OUT/times.txt"
+python scripts/latent_probe.py --run "$OUT/latent-N5-s0" --out "$OUT/probe.json" || echo "probe failed" | tee -a "$OUT/times.txt"
+# (c) last: the table is rewritten with all three arms (finished runs are reused, not re-run)
 python scripts/latent_ablation.py --n 5 --seeds 0 --arms bc latent ssl --bc-steps 500 --pretrain-steps 500 \
   --eval-episodes 10 --out "$OUT" || echo "ablation exit $?" | tee -a "$OUT/times.txt"
-echo "ablation end $(date -u +%FT%TZ) load: $(uptime)" | tee -a "$OUT/times.txt"
-python scripts/latent_probe.py --run "$OUT/latent-N5-s0" --out "$OUT/probe.json" || echo "probe failed" | tee -a "$OUT/times.txt"
 echo "end $(date -u +%FT%TZ) load: $(uptime)" | tee -a "$OUT/times.txt"
