@@ -164,7 +164,8 @@ class VisualSSLLearner(LearnerActor):
         policy_model = build_policy(self.policy_cfg, self.spec)
         self.vla_processor = VLAProcessor.from_stats(self.policy_cfg, first.stats)
         if init_policy is not None:
-            self.vla_processor = _load_init(policy_model, init_policy, self.policy_cfg, self.spec)
+            # a latent-pretrained start gives its backbone only (None): the labelled data's processor stays
+            self.vla_processor = _load_init(policy_model, init_policy, self.policy_cfg, self.spec) or self.vla_processor
         model = VisionSSLModel(policy_model, cfg.proj_dim)
         self.processor = FramePairProcessor(cfg.shift_pad)
         self.objective = build_objective("visual_ssl", self.train_cfg, model)
