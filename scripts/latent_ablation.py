@@ -9,7 +9,7 @@ Every run is `vlaforge train <recipe>` with overrides (stages, N, seeds; cheap b
 folder under --out; success comes from the last stage's end evaluation (eval.json: the recipe's fixed
 evaluation initial states, seeds >= eval.seed_offset, disjoint from the demo and video seeds). The table gives
 the mean over seeds and a 95% t-interval over seeds (per-seed success = mean over tasks), next to the codebook
-statistics the lam stage writes to its run summary (usage, perplexity, dead codes).
+statistics the lam stage writes (<run>/<stage>/codebook.json: perplexity, dead codes, resets).
 
     python scripts/latent_ablation.py --n 5 --seeds 0 --arms bc latent --out docs/latent-runs/pilot   # the pilot
     python scripts/latent_ablation.py --n 5 20 --seeds 0 1 2 --out docs/latent-runs/full             # the table
@@ -80,21 +80,10 @@ def run_one(arm: str, n: int, seed: int, a: argparse.Namespace) -> dict | None:
     rec = json.loads(done.read_text())
     out = {"arm": arm, "n": n, "seed": seed, "success": rec["eval_end"]["mean_success_rate"],
            "tasks": rec["eval_end"]["tasks"], "run_dir": str(run_dir)}
-    summary = run_dir / "summary.json"
-    if summary.exists():  # codebook health of the lam stage (whatever keys it writes about its codes)
-        s = json.loads(summary.read_text())
-        flat = _flatten(s)
-        out["codebook"] = {k: v for k, v in flat.items() if any(w in k for w in ("codebook", "perplexity", "dead", "usage"))}
-    return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
+    for st in sorted(run_dir.glob("*/codebook.json")):  # codebook health of each lam stage at its end
+        h = json.loads(st.read_text())
+        out.setdefault("codebook", {}).update({f"{st.parent.name}/{k}": h[k] for k in ("perplexity", "dead", "resets",
+                                                                                     "codebook_size") if k in h})
     return out
 
 
