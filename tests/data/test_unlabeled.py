@@ -101,12 +101,44 @@ def test_action_free_rollouts_of_random_and_noisy_policies(ray_cluster, tmp_path
     from vlaforge.envs.config import EnvConfig
 
     env = EnvConfig(tasks=["reach-v3"], image_size=32, max_episode_steps=20, state="proprio_goal")
-    for policy, noise in (("random", 0.0), ("expert", 0.5)):
+    ckpt = None
+    for policy, noise in (("random", 0.0), ("expert", 0.5), ("checkpoint", 0.1)):
+        if policy == "checkpoint":  # "an earlier checkpoint": a policy exported for this env (untrained is enough)
+            ckpt = _export_policy(tmp_path / "policy", path)
         demo = DemoConfig(episodes_per_task=2, only_success=False, policy=policy, action_noise=noise,
-                          drop_actions=True, num_workers=1, envs_per_worker=2, cache_dir=str(tmp_path / "cache"))
+                          policy_path=str(ckpt) if ckpt else None, drop_actions=True, num_workers=1,
+                          envs_per_worker=2, cache_dir=str(tmp_path / "cache"))
         path = unlabeled_dataset(VideoConfig(rollouts=demo), envs=env)
         info = describe(path)
         assert info["episodes"] == 2 and info["frames"] == 40 and not info["action_column"]
         d = DatasetReader(path).load(cameras=False)
         act = d[F.PROBE_ACTION_KEY]  # the hidden true actions, for the linear probe only
         assert act.shape == (40, 4) and np.isfinite(act).all() and (np.abs(act) <= 1).all() and act.std() > 0.1
+
+
+def _export_policy(out, dataset):
+    """A small VLA for the dataset's shapes, normalised with its statistics, saved like any exported policy."""
+    from vlaforge.data.stats import numeric_stats
+    from vlaforge.policies import VLAProcessor, build_policy, save_pretrained
+    from vlaforge.policies.config import PolicyConfig
+    from vlaforge.policies.spec import PolicySpec
+
+    d = DatasetReader(dataset).load(cameras=False)
+    cfg = PolicyConfig(dim=32, layers=1, heads=2, chunk_size=4, n_action_steps=2, vision={"channels": [8, 16]},
+                       language={"layers": 0})
+    spec = PolicySpec(image_shape=(1, 32, 32, 3), state_dim=d[F.STATE_KEY].shape[1], action_dim=4)
+    stats = {F.STATE_KEY: numeric_stats(d[F.STATE_KEY]), F.ACTION_KEY: numeric_stats(d[F.PROBE_ACTION_KEY])}
+    save_pretrained(out, build_policy(cfg, spec), VLAProcessor.from_stats(cfg, stats), cfg, spec)
+    return out
+
+
+def test_checkpoint_rollouts_are_cached_by_weights(tmp_path):
+    from vlaforge.data.demos import dataset_hash
+    from vlaforge.envs.config import EnvConfig
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "model.safetensors").write_bytes(b"weights v1")
+    demo = DemoConfig(policy="checkpoint", policy_path=str(tmp_path / "p"), only_success=False, drop_actions=True)
+    before = dataset_hash(EnvConfig(), demo)
+    (tmp_path / "p" / "model.safetensors").write_bytes(b"weights v2")  # retrained in place
+    assert dataset_hash(EnvConfig(), demo) != before

@@ -47,6 +47,9 @@ def dataset_key(env_cfg: EnvConfig, demo_cfg: DemoConfig) -> dict[str, Any]:
     env = env_cfg.model_dump(mode="json", exclude=_ENV_NOT_HASHED)
     env["tasks"] = resolve_tasks(env_cfg.tasks)  # "MT10" and its ten names are the same data
     demo = demo_cfg.model_dump(mode="json", exclude=_DEMO_NOT_HASHED)
+    if demo_cfg.policy == "checkpoint":  # the weights, not only the path: a retrained policy is other data
+        weights = Path(demo_cfg.policy_path).expanduser() / "model.safetensors"
+        demo["policy_weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
     return {"format_version": FORMAT_VERSION, "env": env, "demos": demo}
 
 
