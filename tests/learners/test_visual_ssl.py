@@ -55,6 +55,7 @@ def _metaworld_frames(steps: int = 30) -> dict[str, np.ndarray]:
     return {t: arr[i] for i, t in enumerate(tasks)}
 
 
+@pytest.mark.slow  # a real simulator renders the frames
 def test_time_contrastive_loss_falls_on_real_frames(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads cost far more than they give
