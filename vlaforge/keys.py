@@ -66,6 +66,9 @@ LAM_PRED = "lam_pred"  # float32 (B, 3V, S, S): the forward model's prediction o
 LAM_AUX_LOSS = "lam_aux_loss"  # float32 (B,), one value repeated: the quantizer's loss (vq_ema commitment, else 0)
 LATENT_CODES = "latent_codes"  # int64 (B, N): the latent action of a transition, N codes in [0, C)
 LATENT_LOGITS = "latent_logits"  # float32 (B, N, C): the latent head's prediction of LATENT_CODES
+LAM_ACTIONS = "lam_actions"  # float32 (B, A): mean of the min-max normalised actions t .. t+k-1 (LAOM pairs only)
+LAM_HAS_ACTIONS = "lam_has_actions"  # bool (B,): the pair is labelled (LAM_ACTIONS holds its actions)
+LAM_ACTION_PRED = "lam_action_pred"  # float32 (B, A): the LAM's action decoder on the codes (LAOM)
 
 # -- episode bookkeeping -------------------------------------------------------------------------------
 EPISODE_INDEX = "episode_index"  # int64

@@ -60,3 +60,13 @@ def test_codes_attach_and_errors(small_dataset):
         ds.set_codes(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="no episode is longer"):
         FramePairDataset(root, 50)
+
+
+def test_laom_pairs_read_mean_actions_scaled_to_unit_range(small_dataset, synth):
+    root, _ = small_dataset
+    ds = FramePairDataset(root, 3, episodes=[0], actions=True)
+    a = ds.get_batch([0, 1])[keys.LAM_ACTIONS]  # synth action of frame t = 1000 * episode + t (every dim)
+    lo, hi = 0.0, synth.LENGTHS[0] - 1.0  # the dim's range over episode 0
+    want = [2 * ((t + t + 2) / 2 - lo) / (hi - lo) - 1 for t in (0, 1)]  # mean of frames t .. t+2, in [-1, 1]
+    torch.testing.assert_close(a[:, 0], torch.tensor(want))
+    assert FramePairDataset(root, 3, episodes=[0]).actions is None  # read only when asked

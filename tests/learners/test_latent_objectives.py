@@ -27,7 +27,10 @@ def test_objectives_are_registered_and_lam_loss_terms():
     torch.testing.assert_close(out["loss_recon"], ((o_tk - o_t) * 0.5).pow(2).mean())
     torch.testing.assert_close(out["copy_mse"], (o_tk - o_t).pow(2).mean())
     torch.testing.assert_close(out["recon_gain"], torch.tensor(4.0))
-    torch.testing.assert_close(out["perplexity"], torch.tensor(2.0))  # two codes, equally used
+    # each position always gives the same code (position 0: code 0, position 1: code 1): collapsed per position,
+    # though the pooled usage (two codes, equally used) would say perplexity 2
+    torch.testing.assert_close(out["perplexity"], torch.tensor(1.0))
+    torch.testing.assert_close(perplexity(torch.tensor([[0, 1], [1, 0]] * 3), 4), torch.tensor(2.0))
     torch.testing.assert_close(total_loss(out), out["loss_recon"] + out["loss_quant"])
     assert float(perplexity(torch.zeros(10, dtype=torch.long), 8)) == pytest.approx(1.0)
 

@@ -47,8 +47,8 @@ def test_model_shapes_and_code_range(q, one_torch_thread):
 
 def test_vq_ema_passes_the_gradient_straight_through():
     q = build_quantizer(_cfg("vq_ema", code_dim=6)).train()
-    z = torch.randn(4, 3, 6, requires_grad=True)
-    w = torch.randn(4, 3, 6)
+    z = torch.randn(4, 4, 6, requires_grad=True)  # (B, N = num_codes, D)
+    w = torch.randn(4, 4, 6)
     before = q.embed.clone()
     out = q(z)
     (out.out * w).sum().backward()
@@ -114,7 +114,8 @@ def test_dead_code_reset_revives_unused_codes(q):
     quant.eval()
     assert len(quant(z).codes.unique()) >= 3  # revived: several codes share the batch
     counts = quant.pop_interval()
-    assert counts.sum() == 64 and counts[0] == 64 and quant.pop_interval().sum() == 0  # training counts only
+    assert counts.shape == (4, 8) and counts.sum() == 64 and counts[:, 0].sum() == 64  # per position, training only
+    assert quant.pop_interval().sum() == 0
 
 
 def test_fsq_never_resets():
@@ -130,3 +131,26 @@ def test_config_checks_fsq_levels_and_image_size():
         LatentActionConfig(quantizer="nsvq", fsq_levels=[8])
     with pytest.raises(ValueError, match="divisible"):
         LatentActionConfig(image_size=36, channels=[8, 8, 8])
+
+
+def test_laom_action_decoder_learns_from_labelled_rows_only(one_torch_thread):
+    from vlaforge.learners.latent_action import LatentActionLoss
+
+    torch.manual_seed(0)
+    cfg = _cfg("nsvq", action_loss_coef=2.0)
+    with pytest.raises(ValueError, match="action_loss_coef"):
+        LatentActionModel(cfg, cameras=1)  # LAOM without the labelled data's action dim
+    model = LatentActionModel(cfg, cameras=1, action_dim=3)
+    has = torch.tensor([False, False, True, True])
+    td = TensorDict({keys.LAM_FRAMES: torch.rand(4, 3, 32, 32), keys.LAM_NEXT_FRAMES: torch.rand(4, 3, 32, 32),
+                     keys.LAM_ACTIONS: torch.tensor([[9.0] * 3, [9.0] * 3, [0.5] * 3, [-0.5] * 3]),
+                     keys.LAM_HAS_ACTIONS: has}, [4])
+    out = model(td)
+    assert out[keys.LAM_ACTION_PRED].shape == (4, 3)
+    losses = LatentActionLoss(8, action_coef=2.0)(td.update(out))
+    pred = out[keys.LAM_ACTION_PRED].detach()
+    want = (pred[2:] - td[keys.LAM_ACTIONS][2:]).pow(2).mean()  # the unlabelled rows' 9.0 never counts
+    torch.testing.assert_close(losses["action_mse"], want)
+    torch.testing.assert_close(losses["loss_action"], 2.0 * want)
+    losses["loss_action"].backward()
+    assert model.idm[-1].weight.grad.abs().sum() > 0  # the action labels shape the codes (through the IDM)

@@ -80,16 +80,7 @@ class ChunkDataset(Dataset):
 
     # -- construction helpers ---------------------------------------------------------------------
     def _camera_keys(self, cameras: Sequence[str] | None) -> list[str]:
-        available = self.reader.camera_keys
-        if cameras is None:
-            return list(available)
-        out = []
-        for c in cameras:
-            key = c if c in available else F.IMAGE_PREFIX + c
-            if key not in available:
-                raise KeyError(f"{self.root}: camera {c!r} not in the dataset (cameras: {available})")
-            out.append(key)
-        return out
+        return self.reader.resolve_cameras(cameras)
 
     def _stack_cameras(self, data: dict[str, np.ndarray]) -> torch.Tensor:
         if not self.camera_keys:

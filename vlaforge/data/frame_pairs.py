@@ -11,6 +11,8 @@ TensorDicts (``get_batch(indices)``, the interface ``learners/stream.ShardStream
     TASK_INDEX, EPISODE_INDEX, FRAME_INDEX  int64 (B,)
     STATE           float32 (B, S)          when the dataset has observation.state (S = 1 zeros otherwise)
     LATENT_CODES    int64 (B, N)            once ``set_codes`` attached them (latent pretraining)
+    LAM_ACTIONS     float32 (B, A)          only with ``actions=True`` (LAOM's labelled pairs): the mean of the
+                                            actions t .. t+gap-1, each dim min-max scaled to [-1, 1]
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ log = logging.getLogger(__name__)
 
 class FramePairDataset:
     """``gap``: k >= 1; ``episodes``: the episode indices to keep (splits); ``cameras``: camera names or feature
-    keys in V order (default: all); ``skip_bad_episodes``: as ChunkDataset."""
+    keys in V order (default: all); ``skip_bad_episodes``: as ChunkDataset; ``actions``: read the action column
+    (LAOM's small labelled set ONLY: the video the latent model learns from is opened without it)."""
 
     def __init__(self, root: str | Path, gap: int, episodes: Sequence[int] | None = None,
-                 cameras: Sequence[str] | None = None, skip_bad_episodes: bool = False):
+                 cameras: Sequence[str] | None = None, skip_bad_episodes: bool = False, actions: bool = False):
         if gap < 1:
             raise ValueError(f"frame pair gap must be >= 1, got {gap}")
         self.reader = DatasetReader(root)
         self.root, self.gap = self.reader.root, int(gap)
-        self.camera_keys = self._camera_keys(cameras)
+        self.camera_keys = self.reader.resolve_cameras(cameras)
         if not self.camera_keys:
             raise ValueError(f"{self.root}: no camera feature (video or image): latent actions are learned from frames")
         data = self.reader.load(episodes, cameras=self.camera_keys, skip_bad=skip_bad_episodes)
+        self.actions = _pair_actions(data, self.gap, self.root) if actions else None  # (R, A) or None
         # Proof by construction that nothing downstream can read actions: every action column is dropped here,
         # whatever it holds (absent, all NaN, or real labels hidden from the latent model).
         for k in [k for k in data if k == F.ACTION_KEY or k.startswith(F.ACTION_KEY + ".")]:
@@ -59,8 +63,7 @@ class FramePairDataset:
         self.frame_index = torch.from_numpy(data["frame_index"].astype(np.int64))
         self.instructions: list[str] = list(self.reader.tasks)
         ep = data["episode_index"]
-        starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
-        ends = np.r_[starts[1:], len(ep)]
+        starts, ends = _bounds(ep)
         rows = [np.arange(s, e - self.gap) for s, e in zip(starts, ends) if e - s > self.gap]
         self.rows = torch.from_numpy(np.concatenate(rows) if rows else np.zeros(0, np.int64)).long()  # (N,) o_t rows
         if len(self.rows) == 0:
@@ -68,18 +71,6 @@ class FramePairDataset:
         self.episodes = sorted({int(e) for e in ep})
         self.codes: torch.Tensor | None = None  # (N, num_codes) after set_codes
         self._state_rows = state
-
-    def _camera_keys(self, cameras: Sequence[str] | None) -> list[str]:
-        available = self.reader.camera_keys
-        if cameras is None:
-            return list(available)
-        out = []
-        for c in cameras:
-            key = c if c in available else F.IMAGE_PREFIX + c
-            if key not in available:
-                raise KeyError(f"{self.root}: camera {c!r} not in the dataset (cameras: {available})")
-            out.append(key)
-        return out
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -103,6 +94,8 @@ class FramePairDataset:
         }, batch_size=[len(idx)])
         if self.codes is not None:
             td.set(keys.LATENT_CODES, self.codes[idx])
+        if self.actions is not None:
+            td.set(keys.LAM_ACTIONS, self.actions[r])
         td.set(keys.INSTRUCTION, NonTensorStack.from_list([self.instructions[t] for t in self.task_index[r].tolist()]))
         return td
 
@@ -115,3 +108,27 @@ class FramePairDataset:
             if k not in stats:
                 stats[k] = image_stats(self.images[:, v].numpy())
         return stats
+
+
+def _pair_actions(data: dict[str, np.ndarray], gap: int, root: Path) -> torch.Tensor:
+    """(R, A): for each row t, the mean of the actions t .. t+gap-1 of its episode, every dim min-max scaled to
+    [-1, 1] over the dataset (rows within gap of the episode end average what is left; they start no pair)."""
+    if F.ACTION_KEY not in data:
+        raise ValueError(f"{root}: no {F.ACTION_KEY!r} column: LAOM's labelled pairs need actions")
+    a = data[F.ACTION_KEY].reshape(len(data[F.ACTION_KEY]), -1).astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{root}: the {F.ACTION_KEY!r} column holds NaN/inf: not a labelled dataset")
+    lo, hi = a.min(0), a.max(0)
+    a = 2 * (a - lo) / np.maximum(hi - lo, 1e-6) - 1
+    csum = np.concatenate([np.zeros((1, a.shape[1])), np.cumsum(a, 0)])  # prefix sums over rows
+    starts, ends = _bounds(data["episode_index"])
+    end = np.repeat(ends, ends - starts)  # exclusive end row of each row's episode
+    t = np.arange(len(a))
+    stop = np.minimum(t + gap, end)
+    return torch.from_numpy(((csum[stop] - csum[t]) / (stop - t)[:, None]).astype(np.float32))
+
+
+def _bounds(ep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) rows of the episodes of a row-ordered episode_index column."""
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    return starts, np.r_[starts[1:], len(ep)]

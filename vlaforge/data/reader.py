@@ -127,6 +127,19 @@ class DatasetReader:
             raise ValueError(f"episode tables under {self.root / F.EPISODES_DIR}: missing columns {missing}")
         return df.sort_values("episode_index").set_index("episode_index", drop=False)
 
+    def resolve_cameras(self, cameras: Sequence[str] | None) -> list[str]:
+        """Camera names or full feature keys -> feature keys, in the given order (None: every camera)."""
+        available = self.camera_keys
+        if cameras is None:
+            return list(available)
+        out = []
+        for c in cameras:
+            key = c if c in available else F.IMAGE_PREFIX + c
+            if key not in available:
+                raise KeyError(f"{self.root}: camera {c!r} not in the dataset (cameras: {available})")
+            out.append(key)
+        return out
+
     def episode_tasks(self) -> dict[int, list[str]]:
         return {int(e): list(t) for e, t in zip(self.episodes.index, self.episodes["tasks"])}
 

@@ -28,6 +28,7 @@ from vlaforge.data.stats import numeric_stats
 from vlaforge.learners.config import TrainConfig
 from vlaforge.learners.deepspeed_learner import LearnerActor, _load_init, _model, init_distributed
 from vlaforge.learners.engine import ds_config, lr_scheduler, micro_batch, seed_everything
+from vlaforge.learners.latent_action import counts_perplexity
 from vlaforge.learners.registry import build_objective
 from vlaforge.learners.stream import ShardStream
 from vlaforge.policies import PolicyConfig, PolicySpec, VLAProcessor, build_policy
@@ -66,28 +67,78 @@ def _engine(actor: LearnerActor, deepspeed, model: torch.nn.Module, dataset: Fra
             "bad_episodes": {str(e): why for e, why in dataset.bad_episodes.items()}}
 
 
+class PairedStream:
+    """LAOM: each step's video micro batch together with ``labelled``'s (a tuple); one resumable position each."""
+
+    def __init__(self, video: ShardStream, labelled: ShardStream):
+        self.video, self.labelled = video, labelled
+        self.batches_per_epoch = video.batches_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.video.epoch
+
+    def next(self) -> tuple[TensorDictBase, TensorDictBase]:
+        return self.video.next(), self.labelled.next()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"video": self.video.state_dict(), "labelled": self.labelled.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.video.load_state_dict(state["video"])
+        self.labelled.load_state_dict(state["labelled"])
+
+
 class LatentActionLearner(LearnerActor):
     def setup(self, train: TrainConfig | dict, latent: LatentConfig | dict, dataset_path: str,
-              episodes: list[int] | None = None, skip_bad_episodes: bool = False,
+              episodes: list[int] | None = None, labelled_path: str | None = None, skip_bad_episodes: bool = False,
               collective_timeout_s: float | None = None) -> dict[str, Any]:
-        """Collective. Trains the LAM on the frame pairs (gap latent.gap) of ``episodes`` of ``dataset_path``."""
+        """Collective. Trains the LAM on the frame pairs (gap latent.gap) of ``episodes`` of ``dataset_path``;
+        with LAOM (latent.model.action_loss_coef > 0) also on the labelled pairs of ``labelled_path``."""
         deepspeed = _start(self, train, collective_timeout_s)
-        self.latent_cfg = _model(latent, LatentConfig)
-        dataset = FramePairDataset(dataset_path, self.latent_cfg.gap, episodes, skip_bad_episodes=skip_bad_episodes)
+        if self.train_cfg.deepspeed.zero_stage == 3:  # the codebook resets write whole rows on every rank
+            raise ValueError("the lam stage supports train.deepspeed.zero_stage 0-2 (a latent action model of this "
+                             "size needs no parameter partitioning); set zero_stage: 1")
+        self.latent_cfg = lc = _model(latent, LatentConfig)
+        dataset = FramePairDataset(dataset_path, lc.gap, episodes, skip_bad_episodes=skip_bad_episodes)
+        labelled = None
+        if lc.model.action_loss_coef > 0:
+            if labelled_path is None:
+                raise ValueError("latent.model.action_loss_coef > 0 (LAOM) needs labelled data: labelled_path")
+            labelled = FramePairDataset(labelled_path, lc.gap, cameras=dataset.camera_keys, actions=True,
+                                        skip_bad_episodes=skip_bad_episodes)
         seed_everything(self.train_cfg.seed)  # same initial weights (and codebook) on every rank
-        model = LatentActionModel(self.latent_cfg.model, cameras=dataset.images.shape[1])
-        self.processor = LAMProcessor(self.latent_cfg.model.image_size)
-        self.spec = {"cameras": model.cameras, "image_shape": list(dataset.images.shape[1:])}
-        return _engine(self, deepspeed, model, dataset)
+        model = LatentActionModel(lc.model, cameras=dataset.images.shape[1],
+                                  action_dim=0 if labelled is None else labelled.actions.shape[1])
+        self.processor = LAMProcessor(lc.model.image_size)
+        self.spec = {"cameras": model.cameras, "image_shape": list(dataset.images.shape[1:]), "action_dim": model.action_dim}
+        info = _engine(self, deepspeed, model, dataset)
+        if labelled is not None:
+            self.stream = PairedStream(self.stream, ShardStream(len(labelled), labelled.get_batch, lc.action_batch,
+                                                                self.rank, self.world_size, seed=self.train_cfg.seed + 1))
+            info["labelled_pairs"] = len(labelled)
+        return info
+
+    def _prepare(self, batch) -> TensorDictBase:
+        if not isinstance(batch, tuple):
+            return super()._prepare(batch)
+        video, labelled = (super(LatentActionLearner, self)._prepare(b) for b in batch)
+        video.set(keys.LAM_ACTIONS, torch.zeros(video.batch_size[0], labelled.get(keys.LAM_ACTIONS).shape[1],
+                                                dtype=labelled.get(keys.LAM_ACTIONS).dtype, device=video.device))
+        video.set(keys.LAM_HAS_ACTIONS, torch.zeros(video.batch_size[0], dtype=torch.bool, device=video.device))
+        labelled.set(keys.LAM_HAS_ACTIONS, torch.ones(labelled.batch_size[0], dtype=torch.bool, device=video.device))
+        return torch.cat([video, labelled])  # (B_video + B_labelled,): one LAM forward, one backward
 
     def codebook_health(self) -> dict[str, Any]:
-        """Code usage since the previous call (all ranks' counts), its perplexity, dead codes, resets so far."""
+        """Code usage since the previous call (all ranks' counts): perplexity per code position (mean, and of the
+        pooled usage), the pooled usage histogram, dead codes (unused at every position), resets so far."""
         q = self.engine.module.quantizer
-        counts = q.pop_interval().cpu()
-        total = float(counts.sum())
-        p = counts / max(total, 1.0)
-        ppl = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-        return {"usage": p.tolist(), "count": total, "perplexity": ppl, "dead": int((counts == 0).sum()),
+        per_pos = q.pop_interval().cpu()  # (N, C)
+        pooled = per_pos.sum(0)
+        return {"usage": (pooled / pooled.sum().clamp_min(1.0)).tolist(), "count": float(pooled.sum()),
+                "perplexity": float(counts_perplexity(per_pos).mean()),
+                "perplexity_per_position": counts_perplexity(per_pos).tolist(),
+                "perplexity_pooled": float(counts_perplexity(pooled)), "dead": int((pooled == 0).sum()),
                 "dead_ema": int(q.dead().sum()), "resets": int(q.resets), "codebook_size": q.size}
 
     def _meta(self) -> dict[str, Any]:

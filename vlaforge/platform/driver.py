@@ -152,6 +152,7 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
             if done is not None and done.get("fingerprint") == fingerprint:  # finished, same config: keep it
                 policy_dir, ctx.step = Path(done["policy_dir"]) if done["policy_dir"] else None, done["end_step"]
                 acts = {"policy": True, "latent": False}.get(result, acts)
+                ctx.warnings.extend(done.get("warnings", []))  # still true of the kept result
                 results[stage.name] = done
                 log.info("stage %s already finished (%s)", stage.name, policy_dir)
                 continue
@@ -164,7 +165,9 @@ def train(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> 
                     record["eval_start"] = _evaluate(init, srecipe, stage_dir / "eval-start", metrics, ctx.step,
                                                      prefix=f"eval/{stage.name}_start", faults=(ctx.faults, stage.name))
             log.info("stage %s (%s) starts%s", stage.name, stage.kind, f" from {init}" if init else " from scratch")
+            n_warnings = len(ctx.warnings)
             policy_dir = run_with_restarts(ctx, stage, STAGES[stage.kind], srecipe, stage_dir, init)
+            record["warnings"] = ctx.warnings[n_warnings:]
             acts = {"policy": True, "latent": False}.get(result, acts)  # "same": as the policy it started from
             if policy_dir is not None and acts:
                 _write_run_card(policy_dir, srecipe)

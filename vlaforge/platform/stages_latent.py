@@ -57,7 +57,8 @@ def lam_dir(ctx: StageContext, recipe: Recipe, stage: StageConfig) -> Path:
 
 
 def _health_metrics(h: dict) -> dict[str, float]:
-    out = {"train/codebook_perplexity": h["perplexity"], "train/codebook_dead": float(h["dead"]),
+    out = {"train/codebook_perplexity": h["perplexity"], "train/codebook_perplexity_pooled": h["perplexity_pooled"],
+           "train/codebook_dead": float(h["dead"]),
            "train/codebook_dead_ema": float(h["dead_ema"]), "train/codebook_resets": float(h["resets"])}
     out.update({f"train/code_usage/{c}": u for c, u in enumerate(h["usage"])})
     return out
@@ -69,7 +70,8 @@ def collapse_warning(stage: StageConfig, h: dict, recipe: Recipe) -> str | None:
     dead_share = h["dead"] / h["codebook_size"]
     if h["perplexity"] < lc.collapse_perplexity or dead_share > lc.collapse_dead_fraction:
         return (f"{stage.name}: the latent action codebook collapsed: perplexity {h['perplexity']:.2f} of "
-                f"{h['codebook_size']} (warns below latent.collapse_perplexity = {lc.collapse_perplexity}), {h['dead']} "
+                f"{h['codebook_size']} per code position (warns below latent.collapse_perplexity = "
+                f"{lc.collapse_perplexity}), {h['dead']} "
                 f"of {h['codebook_size']} codes unused in the last log interval (warns above "
                 f"latent.collapse_dead_fraction = {lc.collapse_dead_fraction}), {h['resets']} dead-code resets. The "
                 "codes carry little information: try quantizer fsq, more reset (latent.model.reset_every), or a "
@@ -87,11 +89,13 @@ def run_lam(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pa
     t = _rl_train_config(recipe, stage)
     data = video_dataset(ctx, recipe)
     train_eps, val_eps = split_episodes(DatasetReader(data).episode_indices, recipe.latent.val_fraction, seed=recipe.seed)
+    laom = recipe.latent.model.action_loss_coef > 0  # a few labelled pairs beside the video (LAOM)
+    labelled = str(dataset_for(ctx, recipe)) if laom else None
     learners = learner_group(ctx, LatentActionLearner, recipe, stage, t)
     health: dict = {}
     try:
         with ctx.timers.phase("learner_setup"):
-            info = learners.call("setup", t, recipe.latent, str(data), episodes=train_eps,
+            info = learners.call("setup", t, recipe.latent, str(data), episodes=train_eps, labelled_path=labelled,
                                  skip_bad_episodes=recipe.data.skip_bad_episodes,
                                  collective_timeout_s=recipe.runtime.timeouts.collective_s,
                                  timeout=recipe.runtime.timeouts.learner_setup_s)[0]
@@ -101,6 +105,9 @@ def run_lam(ctx: StageContext, stage: StageConfig, recipe: Recipe, stage_dir: Pa
                  "pairs of %d episodes (%d held out) of %s", stage.name, m.quantizer, m.num_codes, m.codebook_size,
                  recipe.latent.gap, info["world_size"], info["num_params"] / 1e6, info["num_samples"],
                  info["num_episodes"], len(val_eps), data)
+        if laom:
+            log.info("%s: LAOM: + %d labelled pairs of %s per rank and step, action loss weight %g (%d labelled pairs)",
+                     stage.name, recipe.latent.action_batch, labelled, m.action_loss_coef, info["labelled_pairs"])
 
         def on_log(step: int) -> dict[str, float]:
             health.update(learners.call("codebook_health")[0])
@@ -144,8 +151,10 @@ def _inspect(ctx: StageContext, recipe: Recipe, lam: Path, data: Path, episodes:
     ctx.metrics.log({"eval/lam_val_mse": res["val_mse"], "eval/lam_copy_mse": res["copy_mse"]}, step=ctx.step)
     for key, path in res["images"].items():
         ctx.metrics.log_image(f"eval/{name}/{key}", Path(path), step=ctx.step)
-    log.info("%s: validation forward-model MSE %.5f vs %.5f for copying o_t (%d pairs); images in %s", name,
-             res["val_mse"], res["copy_mse"], res["pairs"], out_dir)
+    ctx.metrics.log({"eval/lam_code_gain": res["code_gain"]}, step=ctx.step)
+    log.info("%s: validation forward-model MSE %.5f with its codes, %.5f with shuffled codes (code gain %.3f: 1.0 = "
+             "the codes carry nothing), %.5f for copying o_t (%d pairs); images in %s", name, res["val_mse"],
+             res["shuffled_mse"], res["code_gain"], res["copy_mse"], res["pairs"], out_dir)
 
 
 def latent_policy_config(recipe: Recipe, lam: Path):

@@ -39,6 +39,10 @@ class LatentActionConfig(StrictModel):
     # codebooks collapse to a few codes without it). 0 turns resets off.
     reset_every: int = Field(50, ge=0)
     dead_usage: float = Field(0.1, ge=0.0, lt=1.0)
+    # LAOM (Nikulin et al. 2025): > 0 adds an action decoder on the code vectors, trained with this weight on
+    # labelled pairs (latent.action_batch per rank and step, from the recipe's labelled data) beside the video.
+    # 0 (default): the latent model learns from video alone.
+    action_loss_coef: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -73,5 +77,6 @@ class LatentConfig(StrictModel):
     # collapse_perplexity, or with more than collapse_dead_fraction of the codes unused in the last interval.
     collapse_perplexity: float = Field(1.5, ge=1.0)
     collapse_dead_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    action_batch: int = Field(8, ge=1)  # LAOM (model.action_loss_coef > 0): labelled pairs per rank and step
     inspect_pairs: int = Field(6, ge=0)  # validation pairs drawn as (o_t | real o_t+k | predicted | error)
     inspect_per_code: int = Field(6, ge=0)  # frame pairs shown per code in the code strips (0: none)

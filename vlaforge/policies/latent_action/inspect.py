@@ -3,7 +3,8 @@
     recon.png         one row per pair: o_t | real o_{t+k} | predicted o_{t+k} | |error| x 4   (camera 0)
     codes_pos<p>.png  one row (strip) per code c: pairs whose code at position p is c, each tile o_t | o_{t+k};
                       a grey tile: fewer pairs than asked, a grey row: the code never occurs at p
-Plus the validation numbers: the forward model's MSE next to the copy baseline (o_t as the prediction).
+Plus the validation numbers: the forward model's MSE with each pair's own codes, with the codes of other pairs
+(code_gain = shuffled / own: 1.0 means the codes carry nothing about the change), and the copy baseline (o_t).
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def inspect_lam(lam: LatentActionModel, processor: LAMProcessor, batch: TensorDi
     lam.eval()
     codes = lam.label(o_t, o_tk)  # (M, N)
     pred = lam.predict_from_codes(o_t, codes)
-    result = {"val_mse": float((pred - o_tk).pow(2).mean()), "copy_mse": float((o_t - o_tk).pow(2).mean()),
+    # the same frames with the codes of other pairs: no worse when the codes carry nothing about the change
+    shuffled = lam.predict_from_codes(o_t, codes[torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))])
+    mse, shuffled_mse = float((pred - o_tk).pow(2).mean()), float((shuffled - o_tk).pow(2).mean())
+    result = {"val_mse": mse, "shuffled_mse": shuffled_mse, "code_gain": shuffled_mse / max(mse, 1e-12),
+              "copy_mse": float((o_t - o_tk).pow(2).mean()),
               "pairs": len(o_t), "usage": [torch.bincount(codes[:, p], minlength=lam.cfg.codebook_size).tolist()
                                            for p in range(codes.shape[1])], "images": {}}
     if n_pairs > 0:

@@ -18,7 +18,7 @@ CONFIG_KEY = "latent_action_model"
 
 def save_lam(directory: str | os.PathLike, model: LatentActionModel, processor: LAMProcessor,
              extra: dict[str, Any] | None = None) -> Path:
-    config = {CONFIG_KEY: model.cfg.model_dump(mode="json"), "cameras": model.cameras}
+    config = {CONFIG_KEY: model.cfg.model_dump(mode="json"), "cameras": model.cameras, "action_dim": model.action_dim}
     return write_checkpoint(directory, model, config, processor.to_dict(), extra)
 
 
@@ -31,6 +31,6 @@ def load_lam(directory: str | os.PathLike, device: str | torch.device = "cpu"
         processor = LAMProcessor.from_dict(proc)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{root}: not a latent action model folder ({e})") from e
-    model = LatentActionModel(cfg, cameras=int(config["cameras"]))
+    model = LatentActionModel(cfg, cameras=int(config["cameras"]), action_dim=int(config.get("action_dim", 0)))
     load_state_strict(model, state, root)
     return model.to(device).eval(), processor, config.get("extra", {})

@@ -32,11 +32,15 @@ def _up(cin: int, cout: int) -> nn.Module:
 
 
 class LatentActionModel(nn.Module):
-    """``cameras``: V (the frames stack cameras on the channel axis)."""
+    """``cameras``: V (the frames stack cameras on the channel axis); ``action_dim``: A of the LAOM action decoder
+    (built when cfg.action_loss_coef > 0: code vectors (B, N*D) -> MLP -> LAM_ACTION_PRED (B, A))."""
 
-    def __init__(self, cfg: LatentActionConfig, cameras: int = 1):
+    def __init__(self, cfg: LatentActionConfig, cameras: int = 1, action_dim: int = 0):
         super().__init__()
-        self.cfg, self.cameras = cfg, int(cameras)
+        self.cfg, self.cameras, self.action_dim = cfg, int(cameras), int(action_dim)
+        if (cfg.action_loss_coef > 0) != (self.action_dim > 0):
+            raise ValueError(f"latent.model.action_loss_coef = {cfg.action_loss_coef} needs an action dim of the "
+                             f"labelled data exactly when it is > 0 (got action_dim {action_dim})")
         c_img, ch = 3 * self.cameras, list(cfg.channels)
         side = cfg.image_size // 2 ** len(ch)  # bottleneck side
         # inverse dynamics
@@ -53,6 +57,8 @@ class LatentActionModel(nn.Module):
         dec_in = [ch[-1]] + [2 * c for c in reversed(ch[:-1])]  # after the first up: concat with the skip
         dec_out = list(reversed(ch[:-1])) + [ch[0]]
         self.dec = nn.ModuleList(_up(a, b) for a, b in zip(dec_in, dec_out))
+        self.action_head = nn.Sequential(nn.Linear(cfg.num_codes * cfg.code_dim, cfg.hidden), nn.GELU(),
+                                         nn.Linear(cfg.hidden, self.action_dim)) if self.action_dim else None
         self.out = nn.Conv2d(ch[0] + c_img, c_img, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # starts as "nothing changes": the copy baseline
         nn.init.zeros_(self.out.bias)
@@ -87,8 +93,11 @@ class LatentActionModel(nn.Module):
         self._check(o_t, keys.LAM_FRAMES)
         self._check(o_tk, keys.LAM_NEXT_FRAMES)
         qz = self.quantizer(self.encode(o_t, o_tk))
-        return TensorDict({keys.LAM_PRED: self.predict(o_t, qz.out), keys.LATENT_CODES: qz.codes,
-                           keys.LAM_AUX_LOSS: qz.aux_loss.expand(len(o_t))}, batch_size=[len(o_t)])
+        out = TensorDict({keys.LAM_PRED: self.predict(o_t, qz.out), keys.LATENT_CODES: qz.codes,
+                          keys.LAM_AUX_LOSS: qz.aux_loss.expand(len(o_t))}, batch_size=[len(o_t)])
+        if self.action_head is not None:
+            out.set(keys.LAM_ACTION_PRED, self.action_head(qz.out.reshape(len(o_t), -1)))
+        return out
 
     @torch.no_grad()
     def label(self, o_t: torch.Tensor, o_tk: torch.Tensor) -> torch.Tensor:
@@ -108,7 +117,7 @@ class LatentActionModel(nn.Module):
 
 class LAMProcessor:
     """Raw frame pairs -> LAM inputs. IMAGE / NEXT_IMAGE uint8 (B, V, H, W, 3) -> LAM_FRAMES / LAM_NEXT_FRAMES
-    float (B, 3V, S, S) in [0, 1], resized by area averaging. Passes LATENT_CODES through if present."""
+    float (B, 3V, S, S) in [0, 1], resized by area averaging. Passes LAOM's LAM_ACTIONS / LAM_HAS_ACTIONS through."""
 
     def __init__(self, image_size: int):
         self.image_size = int(image_size)
@@ -125,6 +134,9 @@ class LAMProcessor:
     def __call__(self, td: TensorDictBase, train: bool = False, device=None) -> TensorDict:
         out = {keys.LAM_FRAMES: self.frames(td.get(keys.IMAGE), device),
                keys.LAM_NEXT_FRAMES: self.frames(td.get(keys.NEXT_IMAGE), device)}
+        for k in (keys.LAM_ACTIONS, keys.LAM_HAS_ACTIONS):  # LAOM's labelled rows (learners/latent_learner.py)
+            if k in td.keys():
+                out[k] = td.get(k).to(device)
         return TensorDict(out, batch_size=td.batch_size[:1], device=device)
 
     def to_dict(self) -> dict:
