@@ -86,3 +86,8 @@ REF_ACTION_MEAN = "ref_action_mean"  # float32 (..., K, A): the frozen reference
 REF_ACTION_LOG_STD = "ref_action_log_std"  # float32 (..., K, A)
 REF_LOG_PROB = "ref_log_prob"  # float32 (...,): the frozen reference's log-prob of the stored chunk (k3 KL)
 GROUP_ID = "group_id"  # int64 (B, T), constant along T: rows started from the same initial state share it (GRPO/RLOO)
+
+# -- self-supervised frame pairs (issue 7: the visual_ssl objective, learners/visual_ssl.py) -------------
+PIXELS_PAIR = "pixels_pair"  # float32 (B, V, 3, H, W) in [0, 1]: NEXT_IMAGE (o_t+gap) prepared like PIXELS
+EMBEDDING = "embedding"  # float32 (B, D): L2-normalised projection of IMAGE's vision tokens
+EMBEDDING_PAIR = "embedding_pair"  # float32 (B, D): the same of IMAGE_PAIR

@@ -1,5 +1,6 @@
 """One demonstration worker (a Ray actor in ``generate_demos``): B simulators of one task, stepped by the
-task's scripted expert on the privileged observation.
+task's scripted expert on the privileged observation -- or, for unlabeled video (issue 7), by uniform random
+actions or an exported policy checkpoint (``demos.policy``); ``action_noise`` applies to expert and checkpoint.
 
 A job is (task, seeds). The B slots run episodes back to back: a slot that finishes is reset at once
 with the next seed of the job, so the batch stays full until the job's seeds run out (a finished slot
@@ -25,11 +26,20 @@ from vlaforge.envs.config import EnvConfig
 
 
 class DemoWorker:
-    def __init__(self, env_cfg: dict[str, Any], envs_per_worker: int, action_noise: float, success_extra_steps: int):
+    def __init__(self, env_cfg: dict[str, Any], envs_per_worker: int, action_noise: float, success_extra_steps: int,
+                 policy: str = "expert", policy_path: str | None = None):
         # Demonstrations always carry training paraphrases; the env draws one per reset from its seed.
         self.env_cfg = EnvConfig.model_validate({**env_cfg, "instructions": "train"})
         self.num_envs, self.noise, self.extra = int(envs_per_worker), float(action_noise), int(success_extra_steps)
         self.env, self.task = None, None
+        self.policy = policy  # "expert" | "random" | "checkpoint" (DemoConfig.policy)
+        self.runner = None
+        if policy == "checkpoint":  # an exported policy drives the sims (deterministic chunks, then the noise)
+            from vlaforge.policies.io import load_pretrained
+            from vlaforge.policies.runner import PolicyRunner
+
+            model, processor, cfg, _, _ = load_pretrained(policy_path)
+            self.runner = PolicyRunner(model, processor, n_action_steps=cfg.n_action_steps, deterministic=True)
         torch.set_num_threads(1)
         # Meta-World's experts warn once per process that their gains exceed the clipped action range.
         warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
@@ -81,11 +91,19 @@ class DemoWorker:
             return env.reset(env_ids=ids, seeds=reset_seeds)
 
         obs = start(list(range(b)))
+        if self.runner is not None:
+            self.runner.reset()
         steps = 0
         while any(buf is not None for buf in bufs):
             priv = obs.get(keys.PRIVILEGED).numpy()  # (B, 39)
-            action = expert_actions([task] * b, priv)  # (B, 4) float32 in [-1, 1]
-            if self.noise > 0:  # the noisy action is executed and recorded
+            if self.policy == "random":  # uniform in the action box, per episode from its seed
+                action = np.stack([r.uniform(spec.action_low, spec.action_high, spec.action_dim) if r is not None
+                                   else np.zeros(spec.action_dim) for r in noise_rng])  # (B, A)
+            elif self.runner is not None:
+                action = self.runner.act(obs).numpy()  # (B, A) raw, clipped
+            else:
+                action = expert_actions([task] * b, priv)  # (B, 4) float32 in [-1, 1]
+            if self.noise > 0 and self.policy != "random":  # the noisy action is executed and recorded
                 for i, r in enumerate(noise_rng):
                     if r is not None:
                         action[i] = action[i] + r.normal(0.0, self.noise, action.shape[1])
@@ -120,6 +138,8 @@ class DemoWorker:
             obs = nxt.exclude(keys.REWARD, keys.SUCCESS, keys.TERMINATED, keys.TRUNCATED, keys.DONE)
             if finished:
                 obs = start(finished)
+                if self.runner is not None:  # new episodes plan afresh
+                    self.runner.reset(finished)
         return {"episodes": done_eps, "steps": steps, "seconds": time.perf_counter() - t0}
 
     def close(self) -> None:

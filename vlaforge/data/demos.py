@@ -47,6 +47,9 @@ def dataset_key(env_cfg: EnvConfig, demo_cfg: DemoConfig) -> dict[str, Any]:
     env = env_cfg.model_dump(mode="json", exclude=_ENV_NOT_HASHED)
     env["tasks"] = resolve_tasks(env_cfg.tasks)  # "MT10" and its ten names are the same data
     demo = demo_cfg.model_dump(mode="json", exclude=_DEMO_NOT_HASHED)
+    if demo_cfg.policy == "checkpoint":  # the weights, not only the path: a retrained policy is other data
+        weights = Path(demo_cfg.policy_path).expanduser() / "model.safetensors"
+        demo["policy_weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
     return {"format_version": FORMAT_VERSION, "env": env, "demos": demo}
 
 
@@ -132,7 +135,13 @@ def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str,
     n_workers = max(1, min(demo_cfg.num_workers, math.ceil(len(tasks) * target / b)))
     worker_cls = ray.remote(num_cpus=1)(DemoWorker)
     cfg_json = env_cfg.model_dump(mode="json")
-    workers = [worker_cls.remote(cfg_json, b, demo_cfg.action_noise, demo_cfg.success_extra_steps)
+    policy_path = None
+    if demo_cfg.policy == "checkpoint":  # absolute: the actors may run elsewhere
+        policy_path = str(Path(demo_cfg.policy_path).expanduser().resolve())
+        if not (Path(policy_path) / "config.json").is_file():
+            raise VlaforgeError(f"demos.policy_path: {policy_path} is not an exported policy folder (no config.json)")
+    workers = [worker_cls.remote(cfg_json, b, demo_cfg.action_noise, demo_cfg.success_extra_steps,
+                                 demo_cfg.policy, policy_path)
                for _ in range(n_workers)]
     last_task: dict[int, int] = {}  # worker -> task index it last ran (its env is built for that task)
     running: dict[Any, tuple[int, int, int]] = {}  # ref -> (worker, task index, seeds)
@@ -179,7 +188,10 @@ def _generate(env_cfg: EnvConfig, demo_cfg: DemoConfig, dest: Path, digest: str,
             submit(w)  # keep the actor busy while this process encodes and writes
             while next_to_write < len(states) and states[next_to_write].complete():  # task order
                 for ep in states[next_to_write].episodes:
-                    writer.add_episode({k: ep[k] for k in ep if k.startswith(("observation.", "action", "next."))},
+                    frames_ = {k: ep[k] for k in ep if k.startswith(("observation.", "action", "next."))}
+                    if demo_cfg.drop_actions:  # action-free video: the labels only under probe.action
+                        frames_[F.PROBE_ACTION_KEY] = frames_.pop(F.ACTION_KEY)
+                    writer.add_episode(frames_,
                                        task=ep["instruction"], env_task=states[next_to_write].name, seed=ep["seed"])
                     frames += ep["length"]
                 states[next_to_write].episodes, states[next_to_write].written = [], True  # free the memory
@@ -208,7 +220,8 @@ def _make_writer(
     features.update({
         F.STATE_KEY: F.vector_feature("float32", spec["state_dim"]),
         F.PRIVILEGED_KEY: F.vector_feature("float32", spec["privileged_dim"]),
-        F.ACTION_KEY: F.vector_feature("float32", spec["action_dim"], ["x", "y", "z", "gripper"][: spec["action_dim"]]),
+        F.PROBE_ACTION_KEY if demo_cfg.drop_actions else F.ACTION_KEY:
+            F.vector_feature("float32", spec["action_dim"], ["x", "y", "z", "gripper"][: spec["action_dim"]]),
         F.REWARD_KEY: F.scalar_feature("float32"),
         F.SUCCESS_KEY: F.scalar_feature("bool"),
         F.DONE_KEY: F.scalar_feature("bool"),

@@ -51,6 +51,9 @@ ACTION_KEY = "action"
 REWARD_KEY = "next.reward"
 SUCCESS_KEY = "next.success"
 DONE_KEY = "next.done"
+# Action-free rollouts (demos.drop_actions): the executed action, kept for the codes -> actions linear probe of
+# issue 7 only. Not "action": no learner's loader (ChunkDataset reads "action") can train on it by accident.
+PROBE_ACTION_KEY = "probe.action"
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "float32": pa.float32(),

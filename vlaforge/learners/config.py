@@ -85,6 +85,16 @@ class GRPOConfig(ClipObjectiveConfig):
     min_group_size: int = Field(2, ge=2)  # smaller groups are an error (no baseline without peers)
 
 
+class VisualSSLConfig(StrictModel):
+    """Objective "visual_ssl" (stage kind visual_ssl, learners/visual_ssl.py): time-contrastive InfoNCE that
+    trains the policy's vision encoder on unlabeled video; the next stage starts from that encoder."""
+
+    gap: int = Field(4, ge=1)  # the positive of frame t is frame t + gap of the same episode (data/frame_pairs.py)
+    temperature: float = Field(0.1, gt=0.0)  # InfoNCE softmax temperature on cosine similarities
+    proj_dim: int = Field(64, ge=8)  # projection head output (thrown away after the stage)
+    shift_pad: int = Field(4, ge=0)  # random-shift augmentation of both views (pixels); 0: none
+
+
 class TrainConfig(StrictModel):
     # Key of the objective registry (vlaforge/learners/registry.py), checked by the recipe loader; it must be one
     # the stage kind runs (platform/stages.py). In ppo / grpo stages "bc" means the stage's default objective.
@@ -110,3 +120,4 @@ class TrainConfig(StrictModel):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)  # objective "ppo"
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)  # objectives "grpo" / "rloo"
+    visual_ssl: VisualSSLConfig = Field(default_factory=VisualSSLConfig)  # objective "visual_ssl"

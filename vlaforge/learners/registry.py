@@ -21,7 +21,7 @@ ObjectiveFactory = Callable[[TrainConfig, nn.Module], nn.Module]
 # The modules whose import registers the objectives: a new objective is one new file plus one line here.
 OBJECTIVE_MODULES = ("vlaforge.learners.bc", "vlaforge.learners.grpo", "vlaforge.learners.ppo",
                      "vlaforge.learners.reward_model", "vlaforge.learners.latent_action",
-                     "vlaforge.learners.latent_pretrain")
+                     "vlaforge.learners.latent_pretrain", "vlaforge.learners.visual_ssl")
 
 
 class _Objectives(dict):

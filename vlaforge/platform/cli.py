@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demos", help="generate (or reuse cached) expert demonstrations for a recipe")
     d.add_argument("recipe", help="YAML recipe whose envs/demos blocks say what to generate")
     _overrides(d)
+    d.add_argument("--unlabeled", action="store_true",
+                   help="build the recipe's unlabeled video (data.video: rollouts with actions dropped, an mp4 folder, "
+                        "or a LeRobot folder) instead; demos.policy / demos.drop_actions record action-free rollouts too")
 
     r = sub.add_parser("recipe", help="recipe tools")
     rsub = r.add_subparsers(dest="recipe_command", required=True, metavar="SUBCOMMAND")
@@ -140,7 +143,18 @@ def _cmd_demos(args) -> int:
     from vlaforge.platform.driver import make_demos
     from vlaforge.platform.recipe import load_recipe
 
-    path = make_demos(load_recipe(args.recipe, args.overrides))
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.unlabeled:
+        from vlaforge.platform.driver import make_video
+
+        path = make_video(recipe)
+        from vlaforge.data.unlabeled import describe
+
+        d = describe(path)
+        print(f"unlabeled video: {path} ({d['episodes']} episodes, {d['frames']} frames, "
+              f"{'action column present (ignored)' if d['action_column'] else 'no action column'})")
+        return 0
+    path = make_demos(recipe)
     print(f"demonstrations: {path}")
     return 0
 

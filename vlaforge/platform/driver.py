@@ -98,6 +98,17 @@ def make_demos(recipe: Recipe) -> Path:
     return Path(generate_demos(recipe.envs, recipe.demos, timeout_s=recipe.runtime.timeouts.demo_job_s)).resolve()
 
 
+def make_video(recipe: Recipe) -> Path:
+    """The recipe's unlabeled video (data.video) as a LeRobot v3 folder without actions, built or cached."""
+    if recipe.data.video is None:
+        raise VlaforgeError("data.video is not set: add a data.video block (source: rollouts | lerobot | mp4)")
+    from vlaforge.data.unlabeled import unlabeled_dataset
+
+    if recipe.data.video.source == "rollouts":
+        _init_ray(recipe)
+    return unlabeled_dataset(recipe.data.video, recipe.envs, timeout_s=recipe.runtime.timeouts.demo_job_s)
+
+
 def _resolve_init(stage, previous: Path | None) -> Path | None:
     if stage.init == "previous":
         return previous

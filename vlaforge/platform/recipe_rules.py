@@ -157,6 +157,14 @@ def gaussian_head_options(v: View, ctx: Context):
                f"'min_max' (got {p.action_norm!r}); use min_max or clip_actions: false")
 
 
+@rule
+def trains_own_vision(v: View, ctx: Context):
+    """Stages that train the policy's own vision encoder (visual_ssl: StageKind.own_vision)."""
+    if v.kind.own_vision and v.recipe.policy.backbone.type != "vlaforge":
+        yield (("policy", "backbone", "type"), v.recipe.policy.backbone.type,
+               f"a stage of kind {v.stage.kind!r} trains the policy's own vision encoder: use backbone 'vlaforge'")
+
+
 # -- chunks, episodes, rollouts ---------------------------------------------------------------------------
 @rule
 def chunk_fits_episode(v: View, ctx: Context):

@@ -36,9 +36,10 @@ def actions_after_latent_pretraining(v: View, ctx: Context):
             continue
         if result == "latent":
             yield (("stages", str(v.index), "kind"), v.stage.kind,
-                   f"stage '{v.stage.name}' would start from the policy of latent_pretrain stage '{w.stage.name}', "
-                   "which predicts latent action codes, not actions: put a bc stage between them (it keeps the "
-                   "pretrained backbone and trains the action head on labeled demos)")
+                   f"stage '{v.stage.name}' would start from the policy of {w.stage.kind} stage '{w.stage.name}', "
+                   "whose head does not act (latent_pretrain: it predicts latent action codes; visual_ssl: only the "
+                   "encoder trained): put a bc stage between them (it keeps the pretrained backbone and trains the "
+                   "action head on labeled demos)")
         return
 
 

@@ -71,6 +71,7 @@ class StageKind:
     phases: tuple[tuple[str, ...], ...] = ()
     reward_model: str | None = None  # "uses": RL reward from reward_model.* when enabled; "makes": trains one
     grouped: bool = False  # its objectives compare G rollouts per initial state (rollout.group_size, train.grpo)
+    own_vision: bool = False  # it trains the policy's own vision encoder (policy.backbone.type "vlaforge")
     # What the stage returns: "policy" (one that acts in the env: evaluated), "same" (the policy it started from,
     # passed on, possibly none: lam), "latent" (a policy that predicts latent actions, not env actions: never
     # evaluated; a bc stage must follow before anything that acts).
@@ -361,3 +362,4 @@ def run_reward_model(ctx: StageContext, stage: StageConfig, recipe: Recipe, stag
 # Stage kinds registered in their own modules (imported here, after register_stage exists, so that whoever reads
 # STAGES -- the driver, `recipe check` -- sees them).
 from vlaforge.platform import stages_latent  # noqa: E402,F401 -- lam, latent_pretrain
+from vlaforge.platform import stages_ssl  # noqa: E402,F401 -- visual_ssl

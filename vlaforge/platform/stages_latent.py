@@ -37,13 +37,11 @@ STAGE_BLOCKS["latent_pretrain"] = ("train", "policy", "latent", "demos", "data")
 
 
 def video_dataset(ctx: StageContext, recipe: Recipe) -> Path:
-    """The unlabeled video: latent.data_path, else the recipe's training data (its actions are never read)."""
-    if recipe.latent.data_path:
-        path = Path(recipe.latent.data_path).expanduser().resolve()  # absolute: the learner ranks read it
-        if not (path / "meta" / "info.json").is_file():
-            raise VlaforgeError(f"latent.data_path: {path} is not a LeRobot v3 dataset (no meta/info.json)")
-        return path
-    return dataset_for(ctx, recipe)
+    """The unlabeled video: data.video, else latent.data_path, else the recipe's training data (actions never read).
+    One resolver for every stage that learns from video (platform/stages_ssl.py)."""
+    from vlaforge.platform.stages_ssl import video_for
+
+    return video_for(ctx, recipe)
 
 
 def lam_dir(ctx: StageContext, recipe: Recipe, stage: StageConfig) -> Path:
