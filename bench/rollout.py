@@ -150,6 +150,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--render-backend", default=None)
     ap.add_argument("--no-rllib", action="store_true")
+    ap.add_argument("--rllib-schedule", choices=["every_step", "per_chunk", "both"], default=None,
+                    help="RLlib's render schedule(s): every sim step / one render per chunk (ours); default both "
+                         "(--quick: every_step)")
+    ap.add_argument("--no-eager", action="store_true", help="skip sim_only_render_every_step")
     args = ap.parse_args()
     iters = args.iters or (3 if args.quick else 10)
 
@@ -175,12 +179,15 @@ def main() -> None:
         sim = bench_sim_only(env_cfg, k, args.envs, args.steps * iters, n_exec, render_every_step=False)
         entry = {"full_loop": full, "sim_only": sim,
                  "ratio": round(full["env_steps_per_s"] / max(1e-9, sim["env_steps_per_s"]), 3)}
-        if not args.quick:
+        if not (args.quick or args.no_eager):
             eager = bench_sim_only(env_cfg, k, args.envs, args.steps * iters, n_exec, render_every_step=True)
             entry["sim_only_render_every_step"] = eager
             entry["vs_render_every_step"] = round(full["env_steps_per_s"] / max(1e-9, eager["env_steps_per_s"]), 2)
         if not args.no_rllib:
-            for name, every in (("rllib", True), ("rllib_one_render_per_chunk", False))[: 1 if args.quick else 2]:
+            schedule = args.rllib_schedule or ("every_step" if args.quick else "both")
+            variants = [v for v in (("rllib", True), ("rllib_one_render_per_chunk", False))
+                        if schedule == "both" or (schedule == "every_step") == v[1]]
+            for name, every in variants:
                 try:
                     from bench.rollout_rllib import bench_rllib
 
