@@ -150,7 +150,8 @@ def test_ppo_own_critic_param_group_value_norm_and_task_advantages(learners, tmp
     bc = save_pretrained(tmp_path / "bc", build_policy(cfg, SPEC), VLAProcessor.from_stats(cfg, STATS), cfg, SPEC,
                          extra={"objective": "bc"})
     ppo = {"epochs": 1, "num_minibatches": 2, "ratio": "mean", "value_norm": True, "value_clip": None,
-           "advantage_groups": "task", "critic_lr": 1e-2, "critic_warmup_updates": 5, "critic_warmup_ev": -1e9}
+           "advantage_groups": "task", "critic_lr": 1e-2, "critic_warmup_updates": 5, "critic_warmup_ev": -1e9,
+           "target_kl": 1e-9, "kl_stop": "minibatch"}
     group.call("setup_rl", TrainConfig(objective="ppo", **BASE, ppo=ppo).model_dump(), str(bc), timeout=300)
     model, _, processor, pcfg, spec = load_rl_policy(str(bc), value_head=True, seed=BASE["seed"])
     assert pcfg.critic == "state" and type(model.value).__name__ == "StateValueHead"
@@ -163,6 +164,8 @@ def test_ppo_own_critic_param_group_value_norm_and_task_advantages(learners, tmp
     assert m0["train/lr"] == pytest.approx(BASE["lr"]) and m0["train/critic_lr"] == pytest.approx(1e-2)
     for k in ("train/clip_fraction_chunk", "train/clip_fraction_mean", "train/approx_kl_chunk", "train/approx_kl_mean"):
         assert np.isfinite(m0[k]), k
+    # kl_stop minibatch: the first step (ratio 1, KL 0) runs; the second sees KL > 1.5 x 1e-9 and stops the update
+    assert m0["train/kl_stopped"] == 1.0 and m0["train/optimizer_steps"] == 1 and m0["train/epochs"] == 1
     stats = group.call("state_checksums")[0]["rl"]["objective"]["value_stats"]
     tasks = set(batch.get(("observation", "task_index")).flatten().tolist())
     assert {i for i, c in enumerate(stats["count"]) if c > 0} == tasks  # one running mean/std per task seen

@@ -97,7 +97,7 @@ CASES = [
     ("ppo-async", PPO_STAGES.format(kind="ppo", set="      rollout:\n        mode: async\n"),
      "8: rollout.mode = 'async'", "PPO runs with rollout.mode 'sync' only"),
     ("ppo-episode-rows", PPO_STAGES.format(kind="ppo", set="      rollout:\n        episode_rows: true\n"),
-     "7: rollout.steps_per_sample = 16", "would cut episodes of envs.max_episode_steps = 100; use steps_per_sample >= 25"),
+     "7: rollout.steps_per_sample = 16", "makes each row one whole episode: steps_per_sample x policy.n_action_steps = 64 env steps would cut episodes of envs.max_episode_steps = 100 short; use steps_per_sample >= 25"),
     ("clip-actions-mean-std", "policy:\n  action_norm: mean_std\n  head:\n    clip_actions: true\n",
      "5: policy.head.clip_actions = True", "only with policy.action_norm 'min_max'"),
     ("std-state-other-head", "policy:\n  head:\n    type: flow\n    std: state\n", "5: policy.head.std = 'state'",

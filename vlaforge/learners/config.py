@@ -31,6 +31,10 @@ class ClipObjectiveConfig(StrictModel):
     # GRPO/DeepSeek; every head); "auto": analytic where the action head has a closed form, else k3.
     kl_estimator: Literal["auto", "analytic", "k3"] = "auto"
     target_kl: float | None = Field(None, gt=0.0)  # stop the update's remaining epochs once approx_kl exceeds it
+    # When target_kl is checked. "epoch": after each epoch, on its mean approx_kl. "minibatch": before every
+    # optimizer step, on that minibatch's approx_kl (mean over ranks): past 1.5 x target_kl the update stops
+    # without taking the step (as Stable-Baselines3) -- one epoch of large steps cannot overshoot.
+    kl_stop: Literal["epoch", "minibatch"] = "epoch"
     # The importance ratio of a chunk. "chunk": exp(sum of the log-prob differences over every term of the
     # chunk) -- with the gaussian head that sums n x A dims, so its spread is ~sqrt(n A) times one action's.
     # "mean": the log-ratio divided by the chunk's number of log-prob terms (head.log_prob_terms: executed

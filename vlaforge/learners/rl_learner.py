@@ -200,6 +200,7 @@ class RLLearnerActor(LearnerActor):
         gen = torch.Generator().manual_seed(self.train_cfg.seed * 1_000_003 + self.rl_update * 7919 + self.rank)
         sums: dict[str, float] = defaultdict(float)
         steps = epochs = skipped = 0
+        kl_stopped = False
         for _ in range(cfg.epochs):
             epoch_kl, epoch_steps = 0.0, 0
             for idx in torch.tensor_split(torch.randperm(n, generator=gen), mbs):
@@ -209,6 +210,11 @@ class RLLearnerActor(LearnerActor):
                 out = self.engine(inp)  # the head's output (e.g. ACTION_MEAN / HEAD_FEATURES) [+ VALUE (b, 1)]
                 losses = obj(inp.update(out))
                 loss = total_loss(losses)
+                if cfg.target_kl is not None and cfg.kl_stop == "minibatch" and obj.policy_enabled:
+                    kl_now = float(self._all_sum(torch.tensor([float(losses["approx_kl"])], dtype=torch.float64)))
+                    if kl_now / self.world_size > 1.5 * cfg.target_kl:  # the same on every rank: all stop here
+                        kl_stopped = True
+                        break
                 lrs = self.engine.get_lr()  # [actor] or [actor, critic] (train.ppo.critic_lr)
                 if not self.guard.step(self.engine, loss):  # every rank agrees: same step counts everywhere
                     skipped += 1
@@ -225,6 +231,8 @@ class RLLearnerActor(LearnerActor):
                 steps += 1
                 epoch_steps += 1
             epochs += 1
+            if kl_stopped:
+                break
             if cfg.target_kl is not None and epoch_steps:  # all ranks see the same mean: they stop together
                 mean_kl = float(self._all_sum(torch.tensor([epoch_kl / epoch_steps], dtype=torch.float64))) / self.world_size
                 if mean_kl > cfg.target_kl:
@@ -237,6 +245,7 @@ class RLLearnerActor(LearnerActor):
         metrics.update(base)
         metrics.update(self.nonfinite_metrics(skipped))
         metrics.update({"train/skipped": 0.0, "train/epochs": float(epochs), "train/optimizer_steps": float(steps),
+                        "train/kl_stopped": float(kl_stopped),
                         "train/samples": total, "train/samples_per_s": total / max(float(t), 1e-9),
                         "train/prepare_s": t_prep, "train/update_s": float(t), "train/step": float(self.global_step)})
         return metrics

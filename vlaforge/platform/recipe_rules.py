@@ -113,12 +113,17 @@ def group_relative_objectives(v: View, ctx: Context):
         yield (("rollout", "group_size"), r.group_size,
                f"objective {name!r} needs G >= train.grpo.min_group_size ({g.min_group_size}, at least 2) rollouts "
                f"per initial state: set rollout.group_size >= {need} (rollout.envs_per_actor a multiple of it)")
-    k, m = v.recipe.policy.n_action_steps, v.recipe.envs.max_episode_steps
+    yield from _rows_cover_episodes(v, f"objective {name!r} scores each row's first episode and every sample call "
+                                       "starts fresh episodes")
+
+
+def _rows_cover_episodes(v: View, why: str):
+    """A sample call that starts fresh episodes must run one to its end: T x n_action_steps >= max_episode_steps."""
+    r, k, m = v.recipe.rollout, v.recipe.policy.n_action_steps, v.recipe.envs.max_episode_steps
     if r.steps_per_sample * k < m:
         yield (("rollout", "steps_per_sample"), r.steps_per_sample,
-               f"objective {name!r} scores each row's first episode and every sample call starts fresh episodes: "
-               f"steps_per_sample x policy.n_action_steps = {r.steps_per_sample * k} env steps would cut episodes "
-               f"of envs.max_episode_steps = {m} short; use steps_per_sample >= {math.ceil(m / k)}")
+               f"{why}: steps_per_sample x policy.n_action_steps = {r.steps_per_sample * k} env steps would cut "
+               f"episodes of envs.max_episode_steps = {m} short; use steps_per_sample >= {math.ceil(m / k)}")
 
 
 @rule
@@ -133,12 +138,8 @@ def ppo_rollouts(v: View, ctx: Context):
                "PPO runs with rollout.mode 'sync' only: its advantages and ratios use the values and log-probs stored "
                "at sampling time, which in async mode come from older weights than the bootstrap values and the "
                "update (a version mix); use mode: sync")
-    k, m = v.recipe.policy.n_action_steps, v.recipe.envs.max_episode_steps
-    if r.episode_rows and r.steps_per_sample * k < m:
-        yield (("rollout", "steps_per_sample"), r.steps_per_sample,
-               f"rollout.episode_rows makes each row one whole episode: steps_per_sample x policy.n_action_steps = "
-               f"{r.steps_per_sample * k} env steps would cut episodes of envs.max_episode_steps = {m}; use "
-               f"steps_per_sample >= {math.ceil(m / k)}")
+    if r.episode_rows:
+        yield from _rows_cover_episodes(v, "rollout.episode_rows makes each row one whole episode")
 
 
 @rule
