@@ -115,6 +115,9 @@ CASES = [
      "8: rollout.mode = 'async'", "'sync' with reward_model.refresh.every > 0"),
     ("rm-refresh-never", "reward_model:\n  enabled: true\n  model_dir: /tmp\n  refresh:\n    every: 5000\n",
      "6: reward_model.refresh.every = 5000", "or it never refreshes"),
+    ("rm-grpo-success", PPO_STAGES.format(kind="grpo", set="      reward_model:\n        enabled: true\n        model_dir: /tmp\n"
+     "        mode: rm\n      rollout:\n        group_size: 2\n        steps_per_sample: 25\n"),
+     "base.yaml:10: train.grpo.score", "'return' with reward_model.mode 'rm'"),
     ("heldout-none", "envs:\n  heldout_paraphrases: 0\neval:\n  instructions: heldout\n", "5: eval.instructions = 'heldout'",
      "needs envs.heldout_paraphrases >= 1"),
     ("heldout-too-many", "envs:\n  heldout_paraphrases: 5\n", "3: envs.heldout_paraphrases = 5", "at most 4"),

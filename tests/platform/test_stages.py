@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "envs.image_size=32", "envs.max_episode_steps=80", "demos.episodes_per_task=2", "policy.dim=32",
     "policy.layers=1", "policy.heads=2", "policy.vision.channels=[8,16]", "train.steps=6", "train.batch_size=8",
-    "train.warmup_steps=0", "train.log_every=3", "train.checkpoint_every=3", "rollout.envs_per_actor=2",
+    "train.warmup_steps=0", "train.log_every=3", "train.checkpoint_every=3", "rollout.envs_per_actor=2", "rollout.episode_rows=false",
     "rollout.steps_per_sample=4", "eval.episodes_per_task=2", "eval.envs_per_worker=2", "eval.videos_per_task=0",
     "reward_model.steps=20", "reward_model.rollout_batches=1", "logging.wandb=false",
     "stages=[{name: bc, kind: bc, eval_end: false}, {name: rm, kind: reward_model, eval_start: false, eval_end: false},"

@@ -249,6 +249,17 @@ def reward_model_refresh(v: View, ctx: Context):
                f"<= train.steps ({v.recipe.train.steps}) of stage '{v.stage.name}', or it never refreshes")
 
 
+@rule
+def reward_model_reaches_the_objective(v: View, ctx: Context):
+    """A grouped objective scoring "success" reads the simulator's success flag, never the reward: an RM reward
+    there would be computed and ignored."""
+    rm = v.recipe.reward_model
+    if v.kind.grouped and rm.enabled and (rm.mode != "env" or rm.shaping > 0) and v.recipe.train.grpo.score == "success":
+        yield (("train", "grpo", "score"), "success",
+               f"'return' with reward_model.mode {rm.mode!r} / shaping {rm.shaping}: the 'success' score reads the "
+               "simulator's success flag and ignores the reward the reward model writes")
+
+
 # -- instructions and seeds ------------------------------------------------------------------------------
 @rule
 def heldout_instructions(v: View, ctx: Context):

@@ -37,7 +37,10 @@ def rl_gamma(train_cfg) -> float:
 class RewardRefresher:
     """Fine-tunes the scorer's reward model on demonstrations + labelled on-policy episodes, every
     ``cfg.refresh.every`` updates, within the label budget. Batches must be consecutive sync-mode samples of
-    one pool (episodes cut by the sample window are joined: episodes_from_rollouts)."""
+    one pool (episodes cut by the sample window are joined: episodes_from_rollouts). Only episodes that ended
+    inside the window are labelled; with rows that continue across samples (rollout.episode_rows false) the
+    first one of a row after a refresh is the tail of an episode that began before it (its frames' labels are
+    exact; it counts as one labelled episode)."""
 
     def __init__(self, cfg, scorer, demo_episodes: list, out_dir: Path, task_names, seed: int = 0,
                  labeled: int = 0):
