@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         size, batch, warmup, steps = 32, 16, 2, 5
         model = {"image_size": 32, "channels": [16, 32], "hidden": 64}
-        policy = {"dim": 64, "layers": 1, "heads": 2, "chunk_size": 4, "n_action_steps": 2, "vision": {"channels": [16, 32]}}
+        policy = {"dim": 64, "layers": 1, "heads": 2, "chunk_size": 4, "n_action_steps": 2,
+                  "vision": {"channels": [16, 32]}}
     else:
         size, batch, warmup, steps, model, policy = 64, 32, 3, 15, {}, {}
     latent = LatentConfig(model={"quantizer": args.quantizer, **model})
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   "train/loss_recon")
             out[f"lam/deepspeed/{n}"] = res | {"num_params": info["num_params"], "pairs": info["num_samples"]}
         if 1 in args.ranks and 2 in args.ranks:
-            out["lam/scaling_2_over_1"] = round(out["lam/deepspeed/2"]["samples_per_s"] / out["lam/deepspeed/1"]["samples_per_s"], 2)
+            one, two = out["lam/deepspeed/1"]["samples_per_s"], out["lam/deepspeed/2"]["samples_per_s"]
+            out["lam/scaling_2_over_1"] = round(two / one, 2)
         # a LAM folder to label with (weights do not change the cost)
         import torch
 

@@ -41,6 +41,9 @@ stages:
     kind: ppo
 """
 
+# lam -> latent_pretrain -> bc -> ppo (8 lines)
+LATENT_CHAIN = ("stages:\n  - name: lam\n    kind: lam\n  - name: lp\n    kind: latent_pretrain\n  - name: bc\n"
+                "  - name: ppo\n    kind: ppo\n")
 PPO_STAGES = "stages:\n  - name: bc\n  - name: rl\n    kind: {kind}\n    set:\n{set}"
 
 # (id, the case's YAML after `extends: base.yaml`, "<line>: <key path>", what the message must say)
@@ -131,6 +134,24 @@ CASES = [
     ("wandb-mode", "logging:\n  wandb_mode: offlne\n", "3: logging.wandb_mode", "'offline', 'online' or 'disabled'"),
     ("removed-val-fraction", "data:\n  val_fraction: 0.1\n", "2: data", "data.val_fraction is not implemented"),
     ("zero-learners", "train:\n  num_learners: 0\n", "3: train.num_learners", "greater than or equal to 1"),
+    # latent-action stages (platform/recipe_rules_latent.py)
+    ("pretrain-without-lam", "stages:\n  - name: lp\n    kind: latent_pretrain\n  - name: bc\n",
+     "4: stages.0.kind = 'latent_pretrain'", "put a lam stage before it, or set latent.lam_dir"),
+    ("ppo-right-after-pretrain", "stages:\n  - name: lam\n    kind: lam\n  - name: lp\n    kind: latent_pretrain\n"
+     "  - name: ppo\n    kind: ppo\n", "8: stages.2.kind = 'ppo'", "put a bc stage between them"),
+    ("latent-head-in-the-policy-block", LATENT_CHAIN + "policy:\n  head:\n    type: latent\n",
+     "12: policy.head.type = 'latent'", "latent_pretrain stages swap in the 'latent' head themselves"),
+    ("gap-longer-than-episodes", LATENT_CHAIN + "latent:\n  gap: 100\n", "11: latent.gap = 100", "use gap < 100"),
+    ("unknown-quantizer", LATENT_CHAIN + "latent:\n  model:\n    quantizer: vqvae\n",
+     "12: latent.model.quantizer = 'vqvae'", "unknown latent quantizer"),
+    ("fsq-levels", LATENT_CHAIN + "latent:\n  model:\n    quantizer: fsq\n    fsq_levels: [3, 3]\n", "11: latent.model",
+     "their product must equal codebook_size"),
+    ("video-path-missing", LATENT_CHAIN + "latent:\n  data_path: /nonexistent/video\n",
+     "11: latent.data_path = '/nonexistent/video'", "a LeRobot v3 dataset folder"),
+    ("lam-dir-missing", "stages:\n  - name: lp\n    kind: latent_pretrain\nlatent:\n  lam_dir: /nonexistent/lam\n",
+     "6: latent.lam_dir = '/nonexistent/lam'", "a trained latent action model folder"),
+    ("lam-objective", LATENT_CHAIN + "train:\n  objective: ppo\n", "11: train.objective = 'ppo'",
+     "a stage of kind 'lam' runs train.objective 'latent_action'"),
 ]
 
 
@@ -165,6 +186,12 @@ def test_bad_recipe_is_refused_with_file_line_and_key(base, capsys, case):
     at = f"{base}/{where}" if where.startswith("base.yaml") else f"{f}:{where}"
     assert at in err, err
     assert what in err, err
+
+
+def test_the_latent_chain_passes(base, capsys):
+    f = base / "r.yaml"
+    f.write_text("extends: base.yaml\n" + LATENT_CHAIN)
+    assert check(capsys, str(f)) == (0, "")
 
 
 def test_every_problem_is_listed_once_with_its_stages(base, capsys):

@@ -47,6 +47,7 @@ def test_model_shapes_and_code_range(q, one_torch_thread):
 
 def test_vq_ema_passes_the_gradient_straight_through():
     q = build_quantizer(_cfg("vq_ema", code_dim=6)).train()
+    q.initialized.fill_(True)  # keep the random rows (the first-batch init is tested below)
     z = torch.randn(4, 4, 6, requires_grad=True)  # (B, N = num_codes, D)
     w = torch.randn(4, 4, 6)
     before = q.embed.clone()
@@ -100,6 +101,7 @@ def test_dead_code_reset_revives_unused_codes(q):
     code takes every assignment; the reset moves the 7 dead codes onto encoder outputs and they get used."""
     torch.manual_seed(0)
     quant = build_quantizer(_cfg(q, code_dim=2, reset_every=1, dead_usage=0.5, ema_decay=0.1)).train()
+    quant.initialized.fill_(True)  # the crafted codebook below, not the data-dependent init, is the start
     rows = quant.embed if q == "vq_ema" else quant.codebook.data
     rows[:] = 100.0
     rows[0] = 0.0
@@ -154,3 +156,20 @@ def test_laom_action_decoder_learns_from_labelled_rows_only(one_torch_thread):
     torch.testing.assert_close(losses["loss_action"], 2.0 * want)
     losses["loss_action"].backward()
     assert model.idm[-1].weight.grad.abs().sum() > 0  # the action labels shape the codes (through the IDM)
+
+
+@pytest.mark.parametrize("q", ("vq_ema", "nsvq"))
+def test_codebook_starts_on_the_first_batch_of_encoder_outputs(q):
+    torch.manual_seed(0)
+    quant = build_quantizer(_cfg(q, code_dim=3)).train()
+    z = 5.0 + torch.randn(8, 4, 3)  # far from the random initial rows
+    quant.eval()
+    assert len(quant(z).codes.unique()) <= 2  # random rows: the nearest one or two take everything
+    quant.train()
+    quant(z)
+    rows = (quant.embed if q == "vq_ema" else quant.codebook).detach()
+    if q == "nsvq":  # every row is one of the batch's encoder outputs
+        assert all(bool((z.reshape(-1, 3) == r).all(-1).any()) for r in rows)
+    assert bool(quant.initialized) and (rows - 5.0).abs().max() < 5  # now among the encoder outputs
+    quant.eval()
+    assert len(quant(z).codes.unique()) >= 4

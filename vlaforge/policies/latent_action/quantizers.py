@@ -50,6 +50,7 @@ class Quantizer(nn.Module):
         self.register_buffer("interval_counts", torch.zeros(cfg.num_codes, self.size))
         self.register_buffer("resets", torch.zeros((), dtype=torch.int64))  # codes reset so far
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))  # codebook rows set from data
 
     # -- accounting ---------------------------------------------------------------------------------------
     def _account(self, codes: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,15 @@ class Quantizer(nn.Module):
         return self.usage_ema < self.cfg.dead_usage / self.size  # bool (C,)
 
     @torch.no_grad()
+    def _maybe_init(self, z: torch.Tensor) -> None:
+        """First training step: every codebook row onto a random encoder output of the batch (data-dependent
+        init, as the k-means init of VQ libraries): rows drawn at random far from the encoder's outputs would all
+        lose to the one nearest row from the first step on -- a codebook collapsed before training starts."""
+        if self.resettable and not bool(self.initialized):
+            self._move(torch.ones(self.size, dtype=torch.bool, device=z.device), z)
+            self.initialized.fill_(True)
+
+    @torch.no_grad()
     def _maybe_reset(self, z: torch.Tensor) -> None:
         """Every reset_every training steps: dead codes -> random encoder outputs z (B, N, D) of this batch
         (rank 0's, broadcast), their usage EMA back to uniform so they get a fair chance."""
@@ -83,17 +93,20 @@ class Quantizer(nn.Module):
         if not self.resettable or every == 0 or int(self.train_steps) % every:
             return
         dead = self.dead()
-        if not bool(dead.any()):
-            return
+        if bool(dead.any()):
+            self._move(dead, z)
+            self.usage_ema[dead] = 1.0 / self.size
+            self.resets += int(dead.sum())
+
+    def _move(self, which: torch.Tensor, z: torch.Tensor) -> None:
+        """Codebook rows ``which`` (C,) bool -> random rows of z (rank 0's draw, broadcast: ranks stay equal)."""
         flat = z.detach().reshape(-1, z.shape[-1])
-        pick = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
+        pick = flat[torch.randint(len(flat), (int(which.sum()),), device=flat.device)]
         rows = self._rows()
-        rows[dead] = pick.to(rows.dtype)
+        rows[which] = pick.to(rows.dtype)
         if _distributed():
             dist.broadcast(rows, 0)
-        self._after_reset(dead)
-        self.usage_ema[dead] = 1.0 / self.size
-        self.resets += int(dead.sum())
+        self._after_reset(which)
 
     def _rows(self) -> torch.Tensor:  # the codebook rows (C, D) a reset writes into
         raise NotImplementedError
@@ -128,6 +141,8 @@ class EMAVectorQuantizer(Quantizer):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         b, n, d = z.shape
+        if self.training:
+            self._maybe_init(z)
         flat = z.reshape(-1, d)
         codes = _nearest(flat.detach().float(), self.embed.float())  # (B*N,)
         q = self.embed[codes].to(z.dtype).reshape(b, n, d)
@@ -176,6 +191,8 @@ class NoiseSubstitutionVQ(Quantizer):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         b, n, d = z.shape
+        if self.training:
+            self._maybe_init(z)
         flat = z.reshape(-1, d)
         codes = _nearest(flat.detach().float(), self.codebook.detach().float())
         q = self.codebook[codes].to(z.dtype)  # (B*N, D), differentiable in the codebook
