@@ -39,3 +39,10 @@ def test_demos_unlabeled_from_an_mp4_folder(tmp_path):
 
     p = run("demos", "configs/quickstart.yaml", "--unlabeled")
     assert p.returncode == 2 and "data.video is not set" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_recipe_check_refuses_mp4_frames_of_another_size():
+    p = run("recipe", "check", "configs/latent_metaworld.yaml", "data.video.source=mp4", "data.video.path=/v",
+            "data.video.instructions=/v/i.yaml", "data.video.image_size=32")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "data.video.image_size = 32: the policy's frames are envs.image_size = 64 px" in p.stderr

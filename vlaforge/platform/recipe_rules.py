@@ -165,6 +165,16 @@ def trains_own_vision(v: View, ctx: Context):
                f"a stage of kind {v.stage.kind!r} trains the policy's own vision encoder: use backbone 'vlaforge'")
 
 
+@rule
+def video_frames_fit_the_policy(v: View, ctx: Context):
+    """mp4 video is resized to data.video.image_size: the policy sees envs.image_size frames (rollouts match it)."""
+    vid = v.recipe.data.video
+    if v.index == 0 and vid is not None and vid.source == "mp4" and vid.image_size not in (None, v.recipe.envs.image_size):
+        yield (("data", "video", "image_size"), vid.image_size,
+               f"the policy's frames are envs.image_size = {v.recipe.envs.image_size} px: set data.video.image_size "
+               f"to {v.recipe.envs.image_size} (or null when the videos already have that size)")
+
+
 # -- chunks, episodes, rollouts ---------------------------------------------------------------------------
 @rule
 def chunk_fits_episode(v: View, ctx: Context):
