@@ -155,24 +155,31 @@ def test_ray_kill_between_calls_restarts_and_resyncs(sync_pool, learner):
                                batch.data.reshape(-1)[keys.LOG_PROB], rtol=1e-4, atol=1e-3)
 
 
-def test_os_kill_mid_sample_restarts_discards_and_counts(sync_pool, learner):
-    pid = sync_pool.info()[0]["pid"]
+def _signal_mid_sample(pid: int, sig: int, done: list) -> threading.Thread:
+    """Start a thread that sends `sig` to actor `pid` once it sits inside sample() (its marker file appears; the
+    pause file holds it there), appending pid to `done`. The pause is lifted first: the replacement must not pause."""
     marker = MARKERS / f"{pid}.started"
     marker.unlink(missing_ok=True)
     (MARKERS / "pause").touch()
-    killed = []
 
-    def killer():
+    def send():
         deadline = time.time() + 60
         while not marker.exists() and time.time() < deadline:
             time.sleep(0.01)
-        (MARKERS / "pause").unlink(missing_ok=True)  # the replacement must not pause
-        os.kill(pid, signal.SIGKILL)  # the actor sits inside sample(): a death mid-call
-        killed.append(pid)
+        (MARKERS / "pause").unlink(missing_ok=True)
+        os.kill(pid, sig)
+        done.append(pid)
 
-    dropped_before = sync_pool.counters["dropped_steps"]
-    thread = threading.Thread(target=killer)
+    thread = threading.Thread(target=send)
     thread.start()
+    return thread
+
+
+def test_os_kill_mid_sample_restarts_discards_and_counts(sync_pool, learner):
+    pid = sync_pool.info()[0]["pid"]
+    killed = []
+    dropped_before = sync_pool.counters["dropped_steps"]
+    thread = _signal_mid_sample(pid, signal.SIGKILL, killed)  # a death mid-call
     handle = train_and_publish(learner)
     batch = sync_pool.sample(handle)
     thread.join()
@@ -196,21 +203,8 @@ def _proc_state(pid: int) -> str:
 def test_sigstop_mid_sample_is_a_hang_killed_replaced_and_resynced(sync_pool, learner):
     before = sync_pool.info()[1]
     pid = before["pid"]
-    marker = MARKERS / f"{pid}.started"
-    marker.unlink(missing_ok=True)
-    (MARKERS / "pause").touch()
     stopped = []
-
-    def stopper():
-        deadline = time.time() + 60
-        while not marker.exists() and time.time() < deadline:
-            time.sleep(0.01)
-        (MARKERS / "pause").unlink(missing_ok=True)
-        os.kill(pid, signal.SIGSTOP)  # alive but silent inside sample(): only a deadline can tell
-        stopped.append(pid)
-
-    thread = threading.Thread(target=stopper)
-    thread.start()
+    thread = _signal_mid_sample(pid, signal.SIGSTOP, stopped)  # alive but silent: only a deadline can tell
     handle = train_and_publish(learner)
     t0 = time.time()
     batch = sync_pool.sample(handle)
